@@ -1,1 +1,6 @@
-"""tinkerstore."""
+"""The ``tinkerstore`` command line (see ``tinkerstore --help``)."""
+
+from tinkerstore.cli import serve as serve  # registers `serve` on the group
+from tinkerstore.cli.main import main
+
+__all__ = ["main"]

@@ -297,8 +297,11 @@ class Catalog(Protocol):
         offset: int,
         snapshot: int | None = None,
         now: datetime,
+        public_only: bool = False,
     ) -> Page[CheckpointRecord]:
-        """Newest first, unexpired only. Exactly one of ``run_id`` / ``owner_id`` is given."""
+        """Newest first, unexpired only. Exactly one of ``run_id`` / ``owner_id`` is given.
+        ``public_only`` keeps published checkpoints only (what other users may see of a run);
+        its ``total_count`` may be computed with a plain COUNT (rare, small listings)."""
 
     def latest_checkpoint(
         self, run_id: str, kind: CheckpointKind, now: datetime

@@ -1,0 +1,84 @@
+"""``tinkerstore serve``: run the Tinker-compatible server."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+import click
+
+from tinkerstore.cli.main import friendly_errors, main, open_from_options, store_options
+from tinkerstore.errors import InvalidInput
+
+__all__ = ["serve"]
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """One server per embedded store: the lock makes start-up recovery safe (no other process
+    can have a save in flight) and turns a second `serve` on the same directory into a clear
+    error instead of two writers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "server.lock", "a")  # noqa: SIM115 (held for the process lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InvalidInput(
+            f"another tinkerstore server is already using {data_dir}",
+            hint="stop it first, or give this one another --data-dir",
+        ) from None
+    return handle
+
+
+@main.command()
+@click.option("--host", envvar="TINKERSTORE_HOST", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. [env TINKERSTORE_HOST]")
+@click.option("--port", envvar="TINKERSTORE_PORT", type=int, default=8000, show_default=True,
+              help="TCP port to listen on. [env TINKERSTORE_PORT]")
+@click.option("--public-url", envvar="TINKERSTORE_PUBLIC_URL", default=None,
+              help="Base URL clients reach this server at, used in signed download URLs "
+              "(default: taken from each request's Host). [env TINKERSTORE_PUBLIC_URL]")
+@click.option("--url-lifetime", envvar="TINKERSTORE_URL_LIFETIME", type=int, default=900,
+              show_default=True, help="Seconds a signed download URL stays valid. "
+              "[env TINKERSTORE_URL_LIFETIME]")
+@click.option("--log-level", envvar="TINKERSTORE_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              help="Server log level. [env TINKERSTORE_LOG_LEVEL]")
+@store_options
+@friendly_errors
+def serve(
+    host: str,
+    port: int,
+    public_url: str | None,
+    url_lifetime: int,
+    log_level: str,
+    data_dir: Path,
+    database_url: str | None,
+    blob_url: str | None,
+) -> None:
+    """Run the Tinker-compatible server (embedded default: SQLite + files under DATA_DIR)."""
+    import uvicorn
+
+    from tinkerstore.server.app import create_app
+    from tinkerstore.server.settings import ServerSettings
+
+    embedded = database_url is None or database_url.startswith("sqlite")
+    lock = _lock_data_dir(data_dir) if embedded else None
+    store = open_from_options(data_dir, database_url, blob_url)
+    first_key = store.users.ensure_admin(store.now())
+    if first_key is not None:
+        click.echo(
+            "First start: created user 'admin'. Its API key (shown once, keep it):\n\n"
+            f"    {first_key}\n\n"
+            "Use it:  export TINKER_BASE_URL=http://{host}:{port} TINKER_API_KEY=<the key>\n"
+            "More keys:  tinkerstore keys create --user NAME".format(host=host, port=port),
+            err=True,
+        )
+    settings = ServerSettings(
+        public_url=public_url, url_lifetime_seconds=url_lifetime, sole_writer=embedded
+    )
+    app = create_app(settings, store)
+    click.echo(f"tinkerstore serving on http://{host}:{port} (pid {os.getpid()})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    del lock
