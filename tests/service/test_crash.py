@@ -38,7 +38,9 @@ def start_saver(data_dir: Path, seed: int) -> subprocess.Popen[str]:
     line = proc.stdout.readline()
     if line.strip() != "READY":
         proc.kill()
-        raise AssertionError(f"saver did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        raise AssertionError(
+            f"saver did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        )
     return proc
 
 
@@ -46,7 +48,9 @@ def start_saver(data_dir: Path, seed: int) -> subprocess.Popen[str]:
 def test_sigkill_during_saves_never_loses_or_exposes_partial_checkpoints(tmp_path: Path) -> None:
     data_dir = tmp_path / "store"
     rng = random.Random(1234)
-    acknowledged: dict[str, str] = {}  # tinker path -> manifest digest of the last acknowledged save
+    acknowledged: dict[
+        str, str
+    ] = {}  # tinker path -> manifest digest of the last acknowledged save
     for kill in range(KILLS):
         proc = start_saver(data_dir, seed=kill)
         time.sleep(rng.uniform(0.0, 0.25))

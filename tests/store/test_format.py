@@ -57,7 +57,9 @@ def test_manifest_bytes_are_exact() -> None:
 
 
 @pytest.mark.parametrize("version", sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()))
-def test_every_released_format_version_still_loads_and_verifies(tmp_path: Path, version: str) -> None:
+def test_every_released_format_version_still_loads_and_verifies(
+    tmp_path: Path, version: str
+) -> None:
     blobs, prefix, digest = golden_store(tmp_path, version)
     manifest = read_manifest(blobs, prefix, digest)
     for entry in manifest.files:
@@ -72,7 +74,7 @@ def test_flipped_byte_is_caught_and_named(tmp_path: Path) -> None:
     data[100] ^= 0x40
     target.write_bytes(bytes(data))
     entry = read_manifest(blobs, prefix, digest).entry("adapter_model.safetensors")
-    with pytest.raises(CheckpointCorrupted, match="adapter_model.safetensors"):
+    with pytest.raises(CheckpointCorrupted, match=r"adapter_model\.safetensors"):
         b"".join(verified_chunks(blobs, prefix, entry))
 
 
@@ -82,12 +84,16 @@ def test_altered_manifest_is_caught(tmp_path: Path) -> None:
     doc = json.loads(path.read_bytes())
     doc["files"][0]["size"] += 1
     path.write_bytes(json.dumps(doc).encode())
-    with pytest.raises(CheckpointCorrupted, match="manifest.json"):
+    with pytest.raises(CheckpointCorrupted, match=r"manifest\.json"):
         read_manifest(blobs, prefix, digest)
 
 
 def test_unknown_format_version_is_refused_clearly() -> None:
-    raw = (GOLDEN / "format_v1" / "manifest.json").read_bytes().replace(b'"format_version":1', b'"format_version":99')
+    raw = (
+        (GOLDEN / "format_v1" / "manifest.json")
+        .read_bytes()
+        .replace(b'"format_version":1', b'"format_version":99')
+    )
     with pytest.raises(InvalidManifest, match="format_version 99"):
         Manifest.parse(raw)
 

@@ -28,7 +28,8 @@ def require_scale_env() -> tuple[str, str]:
     s3 = os.environ.get("TINKERSTORE_TEST_S3_URL")
     if not db or not s3:
         msg = (
-            "PostgreSQL/S3 not configured (TINKERSTORE_TEST_DATABASE_URL, TINKERSTORE_TEST_S3_URL): "
+            "PostgreSQL/S3 not configured "
+            "(TINKERSTORE_TEST_DATABASE_URL, TINKERSTORE_TEST_S3_URL): "
             "run `source scripts/services.sh start` first"
         )
         if os.environ.get("CI"):

@@ -83,11 +83,15 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--user", "user_name", required=True, help="User the key belongs to (created if new).")
+@click.option(
+    "--user", "user_name", required=True, help="User the key belongs to (created if new)."
+)
 @click.option("--label", default="", help="A note to recognise the key by in `keys list`.")
 @store_options
 @friendly_errors
-def keys_create(user_name: str, label: str, data_dir: Path, database_url: str | None, blob_url: str | None) -> None:
+def keys_create(
+    user_name: str, label: str, data_dir: Path, database_url: str | None, blob_url: str | None
+) -> None:
     """Print exactly one new tml-... key on stdout."""
     store = open_from_options(data_dir, database_url, blob_url)
     record, key = store.create_api_key(user_name, label)
@@ -101,7 +105,11 @@ def keys_create(user_name: str, label: str, data_dir: Path, database_url: str | 
 @store_options
 @friendly_errors
 def keys_list(
-    user_name: str | None, as_json: bool, data_dir: Path, database_url: str | None, blob_url: str | None
+    user_name: str | None,
+    as_json: bool,
+    data_dir: Path,
+    database_url: str | None,
+    blob_url: str | None,
 ) -> None:
     """List keys (ids, users, labels, state); never the keys themselves."""
     store = open_from_options(data_dir, database_url, blob_url)
@@ -126,7 +134,9 @@ def keys_list(
     table = Table("key id", "user", "label", "created", "state")
     for row in rows:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-        table.add_row(str(row["key_id"]), str(row["user"]), str(row["label"]), str(row["created_at"]), state)
+        table.add_row(
+            str(row["key_id"]), str(row["user"]), str(row["label"]), str(row["created_at"]), state
+        )
     Console().print(table)
 
 
@@ -134,9 +144,10 @@ def keys_list(
 @click.argument("key_id", type=int)
 @store_options
 @friendly_errors
-def keys_revoke(key_id: int, data_dir: Path, database_url: str | None, blob_url: str | None) -> None:
+def keys_revoke(
+    key_id: int, data_dir: Path, database_url: str | None, blob_url: str | None
+) -> None:
     """Revoke the key KEY_ID (see `keys list`); requests with it then get 401."""
     store = open_from_options(data_dir, database_url, blob_url)
     store.users.revoke_api_key(key_id, store.now())
     click.echo(f"revoked key {key_id}")
-

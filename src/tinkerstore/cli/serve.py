@@ -20,7 +20,7 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     can have a save in flight) and turns a second `serve` on the same directory into a clear
     error instead of two writers."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "server.lock", "a")  # noqa: SIM115 (held for the process lifetime)
+    handle = open(data_dir / "server.lock", "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -32,19 +32,44 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 @main.command()
-@click.option("--host", envvar="TINKERSTORE_HOST", default="127.0.0.1", show_default=True,
-              help="Interface to listen on. [env TINKERSTORE_HOST]")
-@click.option("--port", envvar="TINKERSTORE_PORT", type=int, default=8000, show_default=True,
-              help="TCP port to listen on. [env TINKERSTORE_PORT]")
-@click.option("--public-url", envvar="TINKERSTORE_PUBLIC_URL", default=None,
-              help="Base URL clients reach this server at, used in signed download URLs "
-              "(default: taken from each request's Host). [env TINKERSTORE_PUBLIC_URL]")
-@click.option("--url-lifetime", envvar="TINKERSTORE_URL_LIFETIME", type=int, default=900,
-              show_default=True, help="Seconds a signed download URL stays valid. "
-              "[env TINKERSTORE_URL_LIFETIME]")
-@click.option("--log-level", envvar="TINKERSTORE_LOG_LEVEL", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-              help="Server log level. [env TINKERSTORE_LOG_LEVEL]")
+@click.option(
+    "--host",
+    envvar="TINKERSTORE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on. [env TINKERSTORE_HOST]",
+)
+@click.option(
+    "--port",
+    envvar="TINKERSTORE_PORT",
+    type=int,
+    default=8000,
+    show_default=True,
+    help="TCP port to listen on. [env TINKERSTORE_PORT]",
+)
+@click.option(
+    "--public-url",
+    envvar="TINKERSTORE_PUBLIC_URL",
+    default=None,
+    help="Base URL clients reach this server at, used in signed download URLs "
+    "(default: taken from each request's Host). [env TINKERSTORE_PUBLIC_URL]",
+)
+@click.option(
+    "--url-lifetime",
+    envvar="TINKERSTORE_URL_LIFETIME",
+    type=int,
+    default=900,
+    show_default=True,
+    help="Seconds a signed download URL stays valid. [env TINKERSTORE_URL_LIFETIME]",
+)
+@click.option(
+    "--log-level",
+    envvar="TINKERSTORE_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Server log level. [env TINKERSTORE_LOG_LEVEL]",
+)
 @store_options
 @friendly_errors
 def serve(
@@ -76,7 +101,7 @@ def serve(
             err=True,
         )
     settings = ServerSettings(
-        public_url=public_url, url_lifetime_seconds=url_lifetime, sole_writer=embedded
+        public_base_url=public_url, url_lifetime_seconds=url_lifetime, sole_writer=embedded
     )
     app = create_app(settings, store)
     click.echo(f"tinkerstore serving on http://{host}:{port} (pid {os.getpid()})", err=True)

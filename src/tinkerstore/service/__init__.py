@@ -4,7 +4,7 @@ from tinkerstore.service.config import open_store
 from tinkerstore.service.keys import Principal
 from tinkerstore.service.saves import PendingSave
 from tinkerstore.service.store import MAX_TTL_SECONDS, MIN_TTL_SECONDS, Store, check_ttl
-from tinkerstore.service.sweeper import SweepReport, Sweeper
+from tinkerstore.service.sweeper import Sweeper, SweepReport
 
 __all__ = [
     "MAX_TTL_SECONDS",

@@ -55,7 +55,9 @@ class Users:
             assert user is not None
             return user
 
-    def create_api_key(self, user_name: str, now: datetime, label: str = "") -> tuple[ApiKeyRecord, str]:
+    def create_api_key(
+        self, user_name: str, now: datetime, label: str = ""
+    ) -> tuple[ApiKeyRecord, str]:
         """Create a key (and the user, if new). The plaintext is returned once, never stored."""
         user = self.get_or_create_user(user_name, now)
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -76,7 +78,8 @@ class Users:
             )
         if not api_key.startswith(KEY_PREFIX) or len(api_key) > 512:
             raise Unauthenticated(
-                "invalid API key", hint="keys start with tml-; create one with `tinkerstore keys create`"
+                "invalid API key",
+                hint="keys start with tml-; create one with `tinkerstore keys create`",
             )
         digest = hash_key(api_key)
         record = self._catalog.find_api_key(digest)
@@ -84,7 +87,8 @@ class Users:
         # the final check constant-time anyway.
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             raise Unauthenticated(
-                "invalid API key", hint="check the key, or create one with `tinkerstore keys create`"
+                "invalid API key",
+                hint="check the key, or create one with `tinkerstore keys create`",
             )
         if record.revoked_at is not None:
             raise Unauthenticated(

@@ -32,7 +32,9 @@ class _FileWriter:
 
     def __init__(self, save: PendingSave, relpath: str) -> None:
         self._save = save
-        self._writer = HashingWriter(relpath, save._store.blobs.writer(file_key(save.version.blob_prefix, relpath)))
+        self._writer = HashingWriter(
+            relpath, save._store.blobs.writer(file_key(save.version.blob_prefix, relpath))
+        )
         self._done = False
 
     def write(self, data: bytes | memoryview) -> None:
@@ -55,7 +57,10 @@ class _FileWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.close()
@@ -70,12 +75,16 @@ class _storage_errors:
         return None
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if isinstance(exc, OSError) and exc.errno == 28:
             raise StorageFull(
                 "no space left on the storage device while writing a checkpoint",
-                hint="free space or raise the quota, then save again; earlier checkpoints are intact",
+                hint="free space or raise the quota, then save again; "
+                "earlier checkpoints are intact",
             ) from exc
 
 
@@ -163,7 +172,9 @@ class PendingSave:
             return
         self._state = "aborted"
         try:
-            self._store.catalog.fail_version(self.version.version_id, error[:2000], self._store.now())
+            self._store.catalog.fail_version(
+                self.version.version_id, error[:2000], self._store.now()
+            )
         except TinkerstoreError:
             pass  # already failed by the sweeper: nothing else to record
 
@@ -175,7 +186,10 @@ class PendingSave:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._state == "open":
             self.abort(f"save abandoned: {exc!r}" if exc else "save abandoned without commit")

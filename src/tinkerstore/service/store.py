@@ -53,7 +53,8 @@ def check_ttl(ttl_seconds: int | None) -> int | None:
     if not MIN_TTL_SECONDS <= ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidTTL(
             f"ttl_seconds={ttl_seconds} is out of range",
-            hint=f"use {MIN_TTL_SECONDS} (1 hour) to {MAX_TTL_SECONDS} (10 years), or null for never",
+            hint=f"use {MIN_TTL_SECONDS} (1 hour) to {MAX_TTL_SECONDS} (10 years), "
+            "or null for never",
         )
     return ttl_seconds
 
@@ -96,7 +97,9 @@ class Store:
         return self.users.create_api_key(user_name, self.now(), label)
 
     def signing_secret(self) -> bytes:
-        return bytes.fromhex(self.catalog.get_or_create_setting("url_signing_secret", secrets.token_hex(32)))
+        return bytes.fromhex(
+            self.catalog.get_or_create_setting("url_signing_secret", secrets.token_hex(32))
+        )
 
     # -- runs --------------------------------------------------------------------------------
     def create_run(
@@ -126,7 +129,9 @@ class Store:
         )
         return self.catalog.create_run(run)
 
-    def get_run(self, principal: Principal, run_id: str, *, access_scope: AccessScope = "owned") -> RunRecord:
+    def get_run(
+        self, principal: Principal, run_id: str, *, access_scope: AccessScope = "owned"
+    ) -> RunRecord:
         run = self.catalog.get_run(run_id)
         if run is not None and (
             run.owner_id == principal.user_id
@@ -185,13 +190,17 @@ class Store:
                 blob_prefix=f"v/{version_id}/",
                 ttl_seconds=ttl_seconds,
                 overwrite=overwrite,
-                user_metadata={str(k): str(v) for k, v in user_metadata.items()} if user_metadata else None,
+                user_metadata={str(k): str(v) for k, v in user_metadata.items()}
+                if user_metadata
+                else None,
             )
         )
 
         def on_commit(record: CheckpointRecord) -> None:
             self.catalog.touch_run(run_id, record.created_at)
-            self._audit(principal, "checkpoint_saved", path.tinker_path, size=str(record.size_bytes))
+            self._audit(
+                principal, "checkpoint_saved", path.tinker_path, size=str(record.size_bytes)
+            )
 
         return PendingSave(self, version, path.tinker_path, expiry(now, ttl_seconds), on_commit)
 
@@ -210,7 +219,9 @@ class Store:
             return save.commit()
 
     # -- reading -----------------------------------------------------------------------------
-    def resolve(self, principal: Principal, tinker_path: str, *, for_write: bool = False) -> CheckpointRecord:
+    def resolve(
+        self, principal: Principal, tinker_path: str, *, for_write: bool = False
+    ) -> CheckpointRecord:
         path = ParsedCheckpointTinkerPath.from_tinker_path(tinker_path)
         return self._visible(principal, path, for_write=for_write)
 
@@ -283,7 +294,9 @@ class Store:
         _check_page(limit, offset)
         run = self.catalog.get_run(run_id)
         if run is None:
-            raise RunNotFound(f"training run {run_id!r} not found", hint="list runs with `tinker run list`")
+            raise RunNotFound(
+                f"training run {run_id!r} not found", hint="list runs with `tinker run list`"
+            )
         mine = run.owner_id == principal.user_id
         page = self.catalog.list_checkpoints(
             run_id=run_id,
@@ -295,7 +308,9 @@ class Store:
             public_only=not mine,
         )
         if not mine and page.total_count == 0:
-            raise RunNotFound(f"training run {run_id!r} not found", hint="list runs with `tinker run list`")
+            raise RunNotFound(
+                f"training run {run_id!r} not found", hint="list runs with `tinker run list`"
+            )
         return page
 
     def list_user_checkpoints(
@@ -344,10 +359,14 @@ class Store:
         if record.public == public:
             return record
         updated = self.catalog.set_public(record.run_id, record.kind, record.name, public)
-        self._audit(principal, "checkpoint_published" if public else "checkpoint_unpublished", tinker_path)
+        self._audit(
+            principal, "checkpoint_published" if public else "checkpoint_unpublished", tinker_path
+        )
         return updated
 
-    def set_ttl(self, principal: Principal, tinker_path: str, ttl_seconds: int | None) -> CheckpointRecord:
+    def set_ttl(
+        self, principal: Principal, tinker_path: str, ttl_seconds: int | None
+    ) -> CheckpointRecord:
         check_ttl(ttl_seconds)
         record = self.resolve(principal, tinker_path, for_write=True)
         updated = self.catalog.set_expiry(

@@ -29,7 +29,7 @@ SCHEME = "tinker://"
 MAX_SEGMENT_LENGTH = 200
 
 
-class CheckpointKind(str, enum.Enum):
+class CheckpointKind(enum.StrEnum):
     """The path segment of a checkpoint; ``checkpoint_type`` is its wire twin."""
 
     WEIGHTS = "weights"
@@ -89,6 +89,13 @@ def validate_segment(value: str, what: str) -> str:
             raise InvalidPath(
                 f"{what} {value!r} contains {ch!r}", hint=f"a {what} cannot contain / or \\"
             )
+        if ch in "?#%":
+            # The SDK puts ids into URLs unencoded: a name with these could be saved but never
+            # deleted, published or re-TTL'd.
+            raise InvalidPath(
+                f"{what} {value!r} contains {ch!r}",
+                hint=f"the SDK puts a {what} into URLs unencoded; avoid ? # %",
+            )
         if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
             raise InvalidPath(
                 f"{what} {value!r} contains the control character U+{ord(ch):04X}",
@@ -120,7 +127,9 @@ class ParsedCheckpointTinkerPath(BaseModel):
         return parse_tinker_path(tinker_path)
 
     @classmethod
-    def from_parts(cls, run_id: str, kind: CheckpointKind | str, name: str) -> ParsedCheckpointTinkerPath:
+    def from_parts(
+        cls, run_id: str, kind: CheckpointKind | str, name: str
+    ) -> ParsedCheckpointTinkerPath:
         kind = kind if isinstance(kind, CheckpointKind) else CheckpointKind.parse(kind)
         validate_segment(run_id, "run id")
         validate_segment(name, "checkpoint name")

@@ -5,7 +5,7 @@ checkpoint version that a catalog row points at (see ``tinkerstore.store.blobs``
 
 Implementations: ``MemoryCatalog`` (the in-memory twin for tests), ``SqlCatalog`` (SQLite in WAL
 mode with one writer, or PostgreSQL; both from the same SQLAlchemy schema and migrations).
-All of them pass ``tests/store/test_catalog_contract.py``.
+All of them pass ``tests/store/catalog/test_catalog_contract.py``.
 
 Call order of a save (the commit protocol)::
 
@@ -24,7 +24,8 @@ Passing the ``snapshot`` of the first page to later pages hides rows committed a
 do not shift under concurrent inserts. ``total_count`` comes from counters maintained in the
 commit transaction, so a page costs the same with 10k or 1M rows.
 
-Times are timezone-aware UTC ``datetime``s everywhere.
+Times are timezone-aware UTC ``datetime``s everywhere; a naive one raises ``ValueError``.
+An expiry is reached at ``now >= expires_at`` (then the checkpoint is expired).
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ __all__ = [
 T = TypeVar("T")
 
 
-class VersionState(str, enum.Enum):
+class VersionState(enum.StrEnum):
     PENDING = "pending"
     COMPLETED = "completed"
     FAILED = "failed"
-    SUPERSEDED = "superseded"  # was completed, replaced by an overwrite or deleted: blobs are garbage
+    SUPERSEDED = (
+        "superseded"  # was completed, replaced by an overwrite or deleted: blobs are garbage
+    )
 
 
-class FutureState(str, enum.Enum):
+class FutureState(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
@@ -239,18 +242,23 @@ class Catalog(Protocol):
     def get_run(self, run_id: str) -> RunRecord | None: ...
 
     def touch_run(self, run_id: str, now: datetime) -> None:
-        """Update ``last_request_time``."""
+        """Update ``last_request_time``. Raises ``RunNotFound``."""
 
     def list_runs(
         self, owner_id: str | None, *, limit: int, offset: int, include_public_of_others: bool
     ) -> Page[RunRecord]:
-        """Runs newest first. ``owner_id=None`` lists every run (admin use)."""
+        """Runs newest first. ``owner_id=None`` lists every run (admin use).
+        ``include_public_of_others`` adds other owners' runs that have at least one public
+        checkpoint (an expired one counts until the sweeper removes it). ``snapshot`` of the
+        page is the newest run's sequence number (informational)."""
 
     # -- checkpoint versions and the commit ---------------------------------------------------
     def begin_version(self, version: VersionRecord) -> VersionRecord:
-        """Insert a pending version. Raises ``AlreadyExists`` when a completed checkpoint of
-        that (run, kind, name) exists and ``version.overwrite`` is false (checked again at
-        commit, which is what counts)."""
+        """Insert a pending version. Raises ``AlreadyExists`` when a completed, unexpired (at
+        ``version.created_at``) checkpoint of that (run, kind, name) exists and
+        ``version.overwrite`` is false (checked again at commit, which is what counts), or when
+        the version id is taken. An expired checkpoint does not hold its name: committing
+        over it replaces it like an overwrite."""
 
     def commit_version(
         self,
@@ -263,7 +271,10 @@ class Catalog(Protocol):
     ) -> CheckpointRecord:
         """The commit: one transaction (see module docstring). Raises ``AlreadyExists`` if the
         name was taken meanwhile and overwrite is false (the version is then marked failed),
-        ``NotFound`` if the version is not pending (e.g. failed by the sweeper)."""
+        ``NotFound`` if the version is not pending (e.g. failed by the sweeper).
+        The new checkpoint is private (``public=False``, also after an overwrite: new content
+        is never published implicitly) and carries the version's ``user_metadata`` (an
+        overwrite replaces the old mapping)."""
 
     def fail_version(self, version_id: str, error: str, now: datetime) -> None:
         """Mark a pending version failed (no-op if it is no longer pending)."""
@@ -275,16 +286,19 @@ class Catalog(Protocol):
 
     def garbage_versions(self, older_than: datetime, limit: int) -> list[VersionRecord]:
         """Failed or superseded versions (created before ``older_than``) whose blobs may be
-        removed."""
+        removed, oldest first."""
 
     def forget_versions(self, version_ids: Sequence[str]) -> None:
-        """Drop garbage version rows after their blobs were removed."""
+        """Drop garbage version rows after their blobs were removed (ids of pending or
+        completed versions, or unknown ids, are ignored)."""
 
     def live_blob_prefixes(self) -> set[str]:
         """Prefixes of every pending or completed version (the sweeper keeps these)."""
 
     # -- visible checkpoints ------------------------------------------------------------------
-    def get_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord | None:
+    def get_checkpoint(
+        self, run_id: str, kind: CheckpointKind, name: str
+    ) -> CheckpointRecord | None:
         """The committed checkpoint, expired or not (callers decide)."""
 
     def list_checkpoints(
@@ -299,7 +313,8 @@ class Catalog(Protocol):
         now: datetime,
         public_only: bool = False,
     ) -> Page[CheckpointRecord]:
-        """Newest first, unexpired only. Exactly one of ``run_id`` / ``owner_id`` is given.
+        """Newest first, unexpired only. Exactly one of ``run_id`` / ``owner_id`` is given
+        (else ``InvalidInput``, as for a negative ``limit`` or ``offset``).
         ``public_only`` keeps published checkpoints only (what other users may see of a run);
         its ``total_count`` may be computed with a plain COUNT (rare, small listings)."""
 
@@ -310,16 +325,20 @@ class Catalog(Protocol):
     def delete_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
         """Remove the pointer (its version becomes superseded). Raises ``CheckpointNotFound``."""
 
-    def set_public(self, run_id: str, kind: CheckpointKind, name: str, public: bool) -> CheckpointRecord:
-        ...
+    def set_public(
+        self, run_id: str, kind: CheckpointKind, name: str, public: bool
+    ) -> CheckpointRecord: ...
 
     def set_expiry(
         self, run_id: str, kind: CheckpointKind, name: str, expires_at: datetime | None
     ) -> CheckpointRecord: ...
 
-    def expired_checkpoints(self, now: datetime, limit: int) -> list[CheckpointRecord]: ...
+    def expired_checkpoints(self, now: datetime, limit: int) -> list[CheckpointRecord]:
+        """Checkpoints with ``expires_at <= now``, soonest expiry first."""
 
-    def delete_if_expired(self, run_id: str, kind: CheckpointKind, name: str, now: datetime) -> bool:
+    def delete_if_expired(
+        self, run_id: str, kind: CheckpointKind, name: str, now: datetime
+    ) -> bool:
         """Delete only if still expired at ``now`` (a TTL cleared meanwhile wins). Returns
         whether this call deleted it, so two racing sweepers delete exactly once."""
 
@@ -327,14 +346,16 @@ class Catalog(Protocol):
         """(checkpoint count, total bytes) of an owner's visible checkpoints."""
 
     # -- sessions, samplers, futures, audit ---------------------------------------------------
-    def create_session(self, session: SessionRecord) -> SessionRecord: ...
+    def create_session(self, session: SessionRecord) -> SessionRecord:
+        """Raises ``AlreadyExists`` if the session id is taken."""
 
     def get_session(self, session_id: str) -> SessionRecord | None: ...
 
-    def heartbeat_session(self, session_id: str, now: datetime) -> None: ...
+    def heartbeat_session(self, session_id: str, now: datetime) -> None:
+        """Raises ``SessionNotFound``."""
 
     def finish_session(self, session_id: str, reason: str, now: datetime) -> SessionRecord:
-        """First reason wins."""
+        """First reason wins. Raises ``SessionNotFound``."""
 
     def create_sampler(self, sampler: SamplerRecord) -> SamplerRecord:
         """Idempotent on ``sampler_id`` (returns the existing record)."""
@@ -347,7 +368,9 @@ class Catalog(Protocol):
 
     def finish_future(
         self, request_id: str, state: FutureState, result: bytes, content_type: str, now: datetime
-    ) -> None: ...
+    ) -> None:
+        """The first outcome wins (no-op once the future is done or failed). Raises
+        ``FutureNotFound``; ``ValueError`` for ``state=PENDING``."""
 
     def get_future(self, request_id: str) -> FutureRecord | None: ...
 
@@ -367,4 +390,5 @@ class Catalog(Protocol):
 
     def list_audit(
         self, owner_id: str, *, since: datetime | None, until: datetime | None, limit: int
-    ) -> list[AuditRecord]: ...
+    ) -> list[AuditRecord]:
+        """Newest first; ``since`` inclusive, ``until`` exclusive."""
