@@ -1,1 +1,3 @@
 """tinkerstore."""
+
+__all__: list[str] = []

@@ -16,7 +16,7 @@ the store only offers ``list_prefixes`` and ``delete_prefix`` to the sweeper.
 
 Implementations: ``MemoryBlobStore`` (the in-memory twin), ``FileBlobStore`` (a local
 directory), ``S3BlobStore`` (any S3-compatible server). All pass
-``tests/store/test_blobs_contract.py``.
+``tests/store/blobs/test_blobs_contract.py``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class BlobStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Write a small blob in one go (durable on return)."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` only if nothing is stored under ``key`` (a conditional write on S3);
+        return whether this call wrote it."""
 
     def get(self, key: str) -> bytes:
         """Read a whole (small) blob. Raises ``FileNotFoundError`` if absent."""
