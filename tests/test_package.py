@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tinkerstore"
 ALLOWED = {
     "types": {"types", "errors"},
     "store": {"types", "errors", "store"},
-    "service": {"types", "errors", "store", "service"},
+    "service": {"types", "errors", "store", "service", "trainer"},
     "trainer": {"types", "errors", "trainer"},
     "client": {"types", "errors", "client"},
     "server": {"types", "errors", "store", "service", "server", "trainer"},
