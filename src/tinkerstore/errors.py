@@ -23,6 +23,7 @@ Every error knows its HTTP status, a stable machine-readable ``code`` and the fa
     │   ├── FutureNotFound                404 future_not_found
     │   ├── ModelNotFound                 404 model_not_found
     │   └── ApiKeyNotFound                404 api_key_not_found
+    ├── SessionGone                       410 session_finished  (user)
     ├── PayloadTooLarge                   413 payload_too_large (user)
     ├── RangeNotSatisfiable               416 range_not_satisfiable (user)
     ├── CheckpointCorrupted               500 checkpoint_corrupted (server)
@@ -58,6 +59,7 @@ __all__ = [
     "PayloadTooLarge",
     "RangeNotSatisfiable",
     "RunNotFound",
+    "SessionGone",
     "SessionNotFound",
     "SignatureInvalid",
     "StorageFull",
@@ -167,6 +169,14 @@ class ModelNotFound(NotFound):
 
 class ApiKeyNotFound(NotFound):
     code = "api_key_not_found"
+
+
+class SessionGone(TinkerstoreError):
+    """A finished session: the SDK (0.38) stops its heartbeat on 410."""
+
+    status = 410
+    code = "session_finished"
+    category = "user"
 
 
 class PayloadTooLarge(TinkerstoreError):

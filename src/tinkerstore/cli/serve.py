@@ -63,6 +63,24 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     help="Seconds a signed download URL stays valid. [env TINKERSTORE_URL_LIFETIME]",
 )
 @click.option(
+    "--long-poll-seconds",
+    envvar="TINKERSTORE_LONG_POLL_SECONDS",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="How long retrieve_future holds a poll before answering try_again. "
+    "[env TINKERSTORE_LONG_POLL_SECONDS]",
+)
+@click.option(
+    "--sweep-interval",
+    envvar="TINKERSTORE_SWEEP_INTERVAL",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between sweeper passes (expiry, failed saves, orphan bytes); 0 turns the "
+    "background sweeper off. [env TINKERSTORE_SWEEP_INTERVAL]",
+)
+@click.option(
     "--log-level",
     envvar="TINKERSTORE_LOG_LEVEL",
     default="info",
@@ -77,6 +95,8 @@ def serve(
     port: int,
     public_url: str | None,
     url_lifetime: int,
+    long_poll_seconds: float,
+    sweep_interval: float,
     log_level: str,
     data_dir: Path,
     database_url: str | None,
@@ -101,7 +121,11 @@ def serve(
             err=True,
         )
     settings = ServerSettings(
-        public_base_url=public_url, url_lifetime_seconds=url_lifetime, sole_writer=embedded
+        public_base_url=public_url,
+        url_lifetime_seconds=url_lifetime,
+        long_poll_seconds=long_poll_seconds,
+        sweep_interval_seconds=sweep_interval,
+        sole_writer=embedded,
     )
     app = create_app(settings, store)
     click.echo(f"tinkerstore serving on http://{host}:{port} (pid {os.getpid()})", err=True)

@@ -143,7 +143,9 @@ class Manifest(BaseModel):
     def parse(cls, raw: bytes, *, expected_digest: str | None = None) -> Manifest:
         """Parse manifest bytes; with ``expected_digest`` also check them against the catalog."""
         if len(raw) > MAX_MANIFEST_BYTES:
-            raise InvalidManifest(f"manifest is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} cap")
+            raise InvalidManifest(
+                f"manifest is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} cap"
+            )
         if expected_digest is not None and hashlib.sha256(raw).hexdigest() != expected_digest:
             raise CheckpointCorrupted(
                 f"{MANIFEST_NAME} does not match the digest recorded at commit",

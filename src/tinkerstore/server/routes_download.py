@@ -1,0 +1,197 @@
+"""Download URLs (0.25 archive, 0.38 external weights) and the signed download endpoints.
+
+Issuing a URL needs the caller's key and read access (owner, or a published checkpoint).
+Fetching it needs nothing but the URL: the SDK fetches with plain ``urllib`` and no headers.
+The signed endpoints check the MAC and expiry once, at the start, then look the version up in
+the catalog: a URL for a deleted or overwritten checkpoint is a 404 from that moment, while a
+transfer already under way finishes (its blobs outlive it by the sweeper's grace period).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import JSONResponse, Response
+
+from tinkerstore.errors import CheckpointNotFound, NotFound
+from tinkerstore.server.auth import Caller, Settings, StoreDep
+from tinkerstore.server.downloads import ranged_response
+from tinkerstore.server.routes_checkpoints import checkpoint_path
+from tinkerstore.server.settings import ServerSettings
+from tinkerstore.server.signing import UrlSigner, archive_path, file_path
+from tinkerstore.server.tarstream import LAYOUT_VERSION, TarLayout, TarMember
+from tinkerstore.service import Store
+from tinkerstore.store.catalog.base import CheckpointRecord
+from tinkerstore.types import (
+    CheckpointArchiveUrlResponse,
+    CheckpointKind,
+    ExternalWeightsUrlsResponse,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1", tags=["downloads"])
+
+_GONE_HINT = "ask the API for a fresh download URL"
+
+
+def _signer(request: Request) -> UrlSigner:
+    signer: UrlSigner = request.app.state.signer
+    return signer
+
+
+def _base_url(request: Request, settings: ServerSettings) -> str:
+    return settings.public_base_url or str(request.base_url).rstrip("/")
+
+
+def _expiry(settings: ServerSettings) -> tuple[int, datetime]:
+    expires = int(time.time()) + settings.url_lifetime_seconds
+    return expires, datetime.fromtimestamp(expires, UTC)
+
+
+def _wants_json(request: Request) -> bool:
+    """The SDK asks for exactly ``application/json`` and accepts a 200 JSON body; anything that
+    also accepts other types (a browser, ``curl -L``) gets the 302 it can follow."""
+    accept = [p.split(";")[0].strip().lower() for p in request.headers.get("accept", "").split(",")]
+    return "application/json" in accept and not (
+        {"*/*", "application/x-tar", "text/html"} & set(accept)
+    )
+
+
+@router.get(
+    "/training_runs/{run_id}/checkpoints/{kind}/{name}/archive",
+    response_model=CheckpointArchiveUrlResponse,
+    responses={302: {"description": "Location: the signed archive URL; Expires: its expiry"}},
+)
+def checkpoint_archive(
+    run_id: str,
+    kind: CheckpointKind,
+    name: str,
+    request: Request,
+    caller: Caller,
+    store: StoreDep,
+    settings: Settings,
+) -> Response:
+    """A signed, expiring URL of the checkpoint as a plain tar (SDK 0.25). Answers at once: the
+    archive is streamed on demand, never prepared."""
+    record = store.resolve(caller, checkpoint_path(run_id, kind, name))
+    expires, expires_at = _expiry(settings)
+    url = _signer(request).sign_url(
+        _base_url(request, settings), archive_path(record.version_id), record.version_id, expires
+    )
+    body = CheckpointArchiveUrlResponse(url=url, expires=expires_at).model_dump(mode="json")
+    headers = {"Expires": format_datetime(expires_at, usegmt=True), "Cache-Control": "no-store"}
+    if _wants_json(request):
+        return JSONResponse(body, headers=headers)
+    return JSONResponse(body, status_code=302, headers={**headers, "Location": url})
+
+
+@router.get(
+    "/training_runs/{run_id}/checkpoints/{kind}/{name}/external_weights_urls",
+    response_model=ExternalWeightsUrlsResponse,
+)
+def external_weights_urls(
+    run_id: str,
+    kind: CheckpointKind,
+    name: str,
+    request: Request,
+    caller: Caller,
+    store: StoreDep,
+    settings: Settings,
+) -> ExternalWeightsUrlsResponse:
+    """One signed URL per file (SDK 0.38), keyed by its path in the checkpoint. The key set is
+    the manifest's, so every re-sign returns the same keys."""
+    record = store.resolve(caller, checkpoint_path(run_id, kind, name))
+    manifest = store.manifest(record)
+    if not manifest.files:
+        raise NotFound(f"checkpoint {record.run_id}/{kind.value}/{name} has no files to download")
+    expires, expires_at = _expiry(settings)
+    base, signer, vid = _base_url(request, settings), _signer(request), record.version_id
+    urls = {
+        f.path: signer.sign_url(base, file_path(vid, f.path), vid, expires) for f in manifest.files
+    }
+    return ExternalWeightsUrlsResponse(urls=urls, expires=expires_at)
+
+
+def _live_record(store: Store, version_id: str) -> CheckpointRecord:
+    version = store.catalog.get_version(version_id)
+    record = None
+    if version is not None:
+        record = store.catalog.get_checkpoint(version.run_id, version.kind, version.name)
+    if (
+        record is None
+        or record.version_id != version_id
+        or (record.expires_at is not None and record.expires_at <= store.now())
+    ):
+        raise CheckpointNotFound(
+            "the checkpoint of this download URL was deleted, overwritten or expired",
+            hint=_GONE_HINT,
+        )
+    return record
+
+
+_SIG_QUERY = {"exp": Query(default=None), "sig": Query(default=None)}
+
+
+@router.get("/signed/{version_id}/archive.tar")
+@router.head("/signed/{version_id}/archive.tar", include_in_schema=False)
+def signed_archive(
+    version_id: str,
+    request: Request,
+    store: StoreDep,
+    exp: str | None = _SIG_QUERY["exp"],
+    sig: str | None = _SIG_QUERY["sig"],
+) -> Response:
+    """The checkpoint's files plus ``checkpoint_complete`` as a tar; honours ``Range``."""
+    _signer(request).verify(request.method, archive_path(version_id), version_id, exp, sig)
+    record = _live_record(store, version_id)
+    manifest = store.manifest(record)
+    layout = TarLayout(
+        (TarMember(f.path, f.size) for f in manifest.files),
+        mtime=int(record.created_at.timestamp()),
+    )
+
+    def read(relpath: str, start: int, end: int) -> Iterator[bytes]:
+        return store.open_range(record, relpath, start, end)
+
+    return ranged_response(
+        request,
+        total=layout.total_size,
+        etag=f'"{version_id}-tar{LAYOUT_VERSION}"',
+        media_type="application/x-tar",
+        body=lambda start, end: layout.iter_range(start, end, read),
+        filename=f"{record.name}.tar",
+    )
+
+
+@router.get("/signed/{version_id}/files/{relpath:path}")
+@router.head("/signed/{version_id}/files/{relpath:path}", include_in_schema=False)
+def signed_file(
+    version_id: str,
+    relpath: str,
+    request: Request,
+    store: StoreDep,
+    exp: str | None = _SIG_QUERY["exp"],
+    sig: str | None = _SIG_QUERY["sig"],
+) -> Response:
+    """One file of a checkpoint, raw; honours ``Range``."""
+    _signer(request).verify(request.method, file_path(version_id, relpath), version_id, exp, sig)
+    record = _live_record(store, version_id)
+    try:
+        entry = store.manifest(record).entry(relpath)
+    except KeyError:
+        raise NotFound(
+            f"file {relpath!r} is not part of this checkpoint", hint=_GONE_HINT
+        ) from None
+    return ranged_response(
+        request,
+        total=entry.size,
+        etag=f'"{version_id}"',
+        media_type="application/octet-stream",
+        body=lambda start, end: store.open_range(record, relpath, start, end),
+        filename=relpath.rsplit("/", 1)[-1],
+    )
