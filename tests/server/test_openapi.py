@@ -8,7 +8,13 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from tinkerstore.server import routes_checkpoints, routes_download, routes_futures, routes_session
+from tinkerstore.server import (
+    routes_checkpoints,
+    routes_download,
+    routes_futures,
+    routes_session,
+    routes_training,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +25,7 @@ async def test_every_route_is_documented_with_a_response_model(client: httpx.Asy
         r = await client.get("/openapi.json")
     assert r.status_code == 200
     paths = r.json()["paths"]
-    routers = [routes_session, routes_futures, routes_checkpoints, routes_download]
+    routers = [routes_session, routes_futures, routes_checkpoints, routes_download, routes_training]
     routes = [
         route
         for module in routers

@@ -14,11 +14,13 @@ from tinkerstore.errors import (
     IncompatibleCheckpoint,
     InvalidInput,
     ModelNotFound,
+    NotFound,
 )
 from tinkerstore.service import Principal, Store, open_store
-from tinkerstore.service.training import Training
+from tinkerstore.service.training import Training, weights_summary
 from tinkerstore.store.format import file_key
 from tinkerstore.trainer import AdamSpec, Datum, SamplingSpec
+from tinkerstore.types.paths import CheckpointKind
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,37 @@ def test_models_lost_on_restart_name_the_checkpoint_to_resume(
     restarted = Training(store, backend, tmp_path / "w2")  # type: ignore[arg-type]
     with pytest.raises(ModelNotFound, match=r"tinker://restart:train:0/weights/last"):
         restarted.optim_step(me, model, AdamSpec())
+
+
+def test_weights_summary_defaults_unrecorded_lora_flags_to_true(
+    env: tuple[Store, Training, Principal],
+) -> None:
+    store, _, me = env
+    store.create_run(me, "old:train:0", base_model="tiny-qwen3", lora_config={"rank": 8})
+    record = store.save_files(me, "old:train:0", CheckpointKind.WEIGHTS, "w", {"a": b"x"})
+    summary = weights_summary(store, me, f"tinker://{record.run_id}/weights/w")
+    assert (summary.lora_rank, summary.train_attn, summary.train_mlp) == (8, True, True)
+    assert summary.train_unembed is True
+
+
+def test_snapshot_sampler_keeps_its_weights_until_the_session_is_released(
+    env: tuple[Store, Training, Principal],
+) -> None:
+    _, training, me = env
+    model = training.create_model(
+        me, session_id="snap", model_seq_id=0, base_model="tiny-qwen3", lora_config={"rank": 2}
+    )
+    step(training, me, model)
+    sid = training.snapshot_sampler(me, model, session_id="snap", sampling_session_seq_id=0)
+    greedy = SamplingSpec(max_tokens=4, temperature=0.0)
+    prompt = np.arange(1, 6, dtype=np.int64)
+    before, _ = training.sample(me, sid, prompt, greedy, num_samples=1, prompt_logprobs=False)
+    for _ in range(3):
+        step(training, me, model)
+    after, _ = training.sample(me, sid, prompt, greedy, num_samples=1, prompt_logprobs=False)
+    assert before[0].tokens.tolist() == after[0].tokens.tolist()
+    assert training.release_session(me, "snap") == [model]
+    with pytest.raises(NotFound, match="no longer loaded"):
+        training.sample(me, sid, prompt, greedy, num_samples=1, prompt_logprobs=False)
+    with pytest.raises(ModelNotFound, match="no longer loaded"):
+        training.optim_step(me, model, AdamSpec())

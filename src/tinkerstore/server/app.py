@@ -18,13 +18,20 @@ from collections.abc import AsyncIterator
 import anyio
 from fastapi import FastAPI
 
-from tinkerstore.server import routes_checkpoints, routes_download, routes_futures, routes_session
+from tinkerstore.server import (
+    routes_checkpoints,
+    routes_download,
+    routes_futures,
+    routes_session,
+    routes_training,
+)
 from tinkerstore.server.bodylimit import BodyLimitMiddleware
 from tinkerstore.server.errors import install_error_handlers
 from tinkerstore.server.futures import FutureEngine
 from tinkerstore.server.settings import ServerSettings
 from tinkerstore.server.signing import UrlSigner
 from tinkerstore.service import Store
+from tinkerstore.trainer.backend import Backend
 
 __all__ = ["create_app"]
 
@@ -42,7 +49,7 @@ async def _sweep_forever(store: Store, interval: float) -> None:
             log.exception("sweep failed")
 
 
-def create_app(settings: ServerSettings, store: Store) -> FastAPI:
+def create_app(settings: ServerSettings, store: Store, backend: Backend | None = None) -> FastAPI:
     futures = FutureEngine(
         store.catalog,
         gap_timeout=settings.future_gap_timeout_seconds,
@@ -75,8 +82,11 @@ def create_app(settings: ServerSettings, store: Store) -> FastAPI:
     app.state.settings = settings
     app.state.signer = UrlSigner(settings.signing_secret or store.signing_secret())
     app.state.futures = futures
+    # Training models live in this process; torch loads on the first training request.
+    app.state.training = routes_training.TrainingHolder(store, backend)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (routes_session, routes_futures, routes_checkpoints, routes_download):
+    routers = (routes_session, routes_futures, routes_checkpoints, routes_download, routes_training)
+    for module in routers:
         app.include_router(module.router)
     return app

@@ -12,11 +12,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 
-from tinkerstore.errors import InvalidInput
 from tinkerstore.server import convert
 from tinkerstore.server.auth import Caller, Caps, StoreDep
 from tinkerstore.service import Principal, Store
 from tinkerstore.service.store import MAX_PAGE
+from tinkerstore.service.training import weights_summary
 from tinkerstore.store.catalog.base import CheckpointRecord
 from tinkerstore.types import (
     AuditLogResponse,
@@ -175,12 +175,17 @@ def set_checkpoint_ttl(
 
 @router.post("/weights_info", response_model=WeightsInfoResponse)
 def weights_info(body: WeightsInfoRequest, caller: Caller, store: StoreDep) -> WeightsInfoResponse:
-    """Base model and LoRA settings of the run a (visible) checkpoint belongs to."""
-    record = store.resolve(caller, body.tinker_path)
-    run = store.catalog.get_run(record.run_id)
-    if run is None:  # a checkpoint always has its run; say so plainly if storage disagrees
-        raise InvalidInput(f"the training run of {body.tinker_path} is missing from the catalog")
-    return convert.weights_info(run)
+    """Base model and LoRA settings of the run a (visible) checkpoint belongs to: the same
+    summary the trainer builds a model from (``service.training.weights_summary``)."""
+    info = weights_summary(store, caller, body.tinker_path)
+    return WeightsInfoResponse(
+        base_model=info.base_model,
+        is_lora=info.is_lora,
+        lora_rank=info.lora_rank,
+        train_unembed=info.train_unembed,
+        train_mlp=info.train_mlp,
+        train_attn=info.train_attn,
+    )
 
 
 _AUDIT_PREFIX = {"all": "", "checkpoints": "checkpoint_"}

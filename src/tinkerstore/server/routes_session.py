@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from tinkerstore.errors import NotFound, SessionGone, SessionNotFound
 from tinkerstore.server.auth import Caller, Settings, StoreDep
@@ -109,11 +109,20 @@ def session_heartbeat(
 
 @router.post("/sessions/{session_id}/finish", status_code=204)
 def finish_session(
-    session_id: str, body: FinishSessionRequest, caller: Caller, store: StoreDep
+    session_id: str,
+    body: FinishSessionRequest,
+    request: Request,
+    caller: Caller,
+    store: StoreDep,
 ) -> Response:
-    """First reason wins; finishing twice is a 204 too."""
+    """First reason wins; finishing twice is a 204 too. The session's models and ephemeral
+    samplers are released: nothing can reach them any more (0.38's `checkpoint download`
+    creates one model per call, so keeping them would grow the server without bound)."""
     owned_session(store, caller, session_id)
     store.catalog.finish_session(session_id, body.reason.type, store.now())
+    training = request.app.state.training.peek()
+    if training is not None:
+        training.release_session(caller, session_id)
     return Response(status_code=204)
 
 
