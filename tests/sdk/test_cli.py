@@ -3,6 +3,8 @@ list/info/publish/unpublish/set-ttl/delete/download, in table and JSON form.
 
 0.25 downloads a training checkpoint through the tar archive; 0.38's download of a training
 checkpoint needs the trainer (a later issue), so 0.38 downloads an external_weights checkpoint.
+Both against the embedded store and against PostgreSQL + S3 (presigned URLs; the 0.25 archive
+answers 503 + Retry-After while its tar object is built, which the CLI must wait out).
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ from typing import Any
 import pytest
 
 from tests.sdk.test_conformance import FILES, seed
-from tests.server.live import LiveServer, live_server
+from tests.server.live import SERVER_BACKENDS, LiveServer, live_server, store_env
 from tests.support.sdk import run_sdk_script
 
 pytestmark = pytest.mark.sdk
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, Any]]]:
+@pytest.fixture(scope="module", params=SERVER_BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, dict[str, Any]]]:
     data_dir = tmp_path_factory.mktemp("cli") / "data"
-    keys = seed(data_dir)
-    with live_server(data_dir) as live:
-        yield live, keys
+    with store_env(request.param, data_dir) as env:
+        keys = seed(data_dir, env)
+        # No build wait: the 0.25 download must go through the 503 + Retry-After path on S3.
+        with live_server(data_dir, **env, TINKERSTORE_ARCHIVE_BUILD_WAIT="0") as live:
+            yield live, keys
 
 
 # Runs many CLI invocations in ONE process of the SDK venv (each fresh process costs seconds of

@@ -2,12 +2,15 @@
 against a live server subprocess. Checkpoints are created through the store API beforehand; each
 SDK version gets its own runs so the two scripts cannot disturb each other.
 
-One server for the module, one SDK subprocess per version running many calls in a row.
+One server per backend for the module: the embedded store (SQLite + files) and PostgreSQL + S3,
+where download URLs are presigned URLs of the object store. One SDK subprocess per version
+running many calls in a row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.server.live import LiveServer, live_server
+from tests.server.live import SERVER_BACKENDS, LiveServer, live_server, open_store_env, store_env
 from tests.support.sdk import run_sdk_script
-from tinkerstore.service import open_store
 from tinkerstore.store.catalog.base import SamplerRecord, SessionRecord
 from tinkerstore.types.paths import CheckpointKind
 
@@ -31,8 +33,8 @@ FILES = {
 DIGESTS = {k: hashlib.sha256(v).hexdigest() for k, v in FILES.items()}
 
 
-def seed(data_dir: Path) -> dict[str, Any]:
-    store = open_store(data_dir)
+def seed(data_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    store = open_store_env(data_dir, env or {})
     _, alice_key = store.create_api_key("alice")
     _, bob_key = store.create_api_key("bob")
     alice = store.authenticate(alice_key)
@@ -63,12 +65,25 @@ def seed(data_dir: Path) -> dict[str, Any]:
     return {"alice": alice_key, "bob": bob_key}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, Any]]]:
+@pytest.fixture(scope="module", params=SERVER_BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, dict[str, Any]]]:
     data_dir = tmp_path_factory.mktemp("sdk") / "data"
-    keys = seed(data_dir)
-    with live_server(data_dir) as live:
-        yield live, keys
+    with store_env(request.param, data_dir) as env:
+        keys = seed(data_dir, env)
+        with live_server(data_dir, **env) as live:
+            yield live, {**keys, "backend": request.param}
+
+
+def check_download_url(url: str, live: LiveServer, backend: str) -> None:
+    """On S3 a download URL is the object store's presigned URL (the bytes never pass through
+    the server); on files, a signed URL of the server itself."""
+    if backend == "pg-s3":
+        assert url.startswith(os.environ["AWS_ENDPOINT_URL"]), url
+        assert "X-Amz-Signature=" in url and "X-Amz-Expires=" in url, url
+    else:
+        assert url.startswith(f"{live.url}/api/v1/signed/"), url
 
 
 COMMON = r"""
@@ -170,6 +185,7 @@ def test_sdk_025(server: tuple[LiveServer, dict[str, Any]]) -> None:
         COMMON
         + r"""
 arch = rc.get_checkpoint_archive_url_from_tinker_path(P("sampler_weights", "s1")).result()
+out["archive_url"] = arch.url
 out["archive_expires_tz"] = arch.expires.tzinfo is not None
 data, length = fetch(arch.url)
 out["archive_length_ok"] = int(length) == len(data)
@@ -182,6 +198,7 @@ print(json.dumps(out, default=str))
     )
     out = run_sdk_script("0.25", script, stdin={"url": live.url, "v": "025", **keys})
     _check_common(out, "025")
+    check_download_url(out["archive_url"], live, keys["backend"])
     # 0.25 never sees external checkpoints: it would reject the whole response
     assert [c[0] for c in out["ckpts"]] == ["weights/w2", "sampler_weights/s1", "weights/w1"]
     assert out["user_page"][1] == 6  # 3 per version, externals hidden
@@ -197,6 +214,7 @@ def test_sdk_038(server: tuple[LiveServer, dict[str, Any]]) -> None:
         + r"""
 urls = rc.get_external_weights_urls(P("external_weights", "e1")).result()
 out["ext_expires_tz"] = urls.expires.tzinfo is not None
+out["ext_urls"] = list(urls.urls.values())
 out["ext_files"] = {k: hashlib.sha256(fetch(u)[0]).hexdigest() for k, u in urls.urls.items()}
 again = rc.get_external_weights_urls(P("external_weights", "e1")).result()
 out["ext_same_keys"] = sorted(again.urls) == sorted(urls.urls)
@@ -212,6 +230,8 @@ print(json.dumps(out, default=str))
     )
     out = run_sdk_script("0.38", script, stdin={"url": live.url, "v": "038", **keys})
     _check_common(out, "038")
+    for url in out["ext_urls"]:
+        check_download_url(url, live, keys["backend"])
     assert [c[:2] for c in out["ckpts"]] == [
         ["external_weights/e1", "external"], ["weights/w2", "training"],
         ["sampler_weights/s1", "sampler"], ["weights/w1", "training"],

@@ -1,5 +1,9 @@
 """A real server subprocess (``python -m tinkerstore serve``) on a free
-loopback port, for the SDK suites and the large-download measurement."""
+loopback port, for the SDK suites, the replica tests and the large-download measurement.
+
+``store_env(kind, dir)`` gives the environment of a server on one of the test backends:
+``sqlite-fs`` is the embedded default under ``TINKERSTORE_DATA_DIR``; ``pg-s3`` a fresh
+PostgreSQL database and S3 prefix (skips loudly without services, fails under CI)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from tests.support.backends import make_urls
+
+SERVER_BACKENDS = ("sqlite-fs", "pg-s3")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -29,6 +37,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def store_env(kind: str, data_dir: Path) -> Iterator[dict[str, str]]:
+    """Environment variables that point a server (or ``open_store_env``) at a ``kind`` store."""
+    if kind == "sqlite-fs":
+        yield {}
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with make_urls(kind, data_dir) as (db, blobs):
+        yield {"TINKERSTORE_DATABASE_URL": db, "TINKERSTORE_BLOB_URL": blobs}
+
+
+def open_store_env(data_dir: Path, env: dict[str, str]) -> Any:
+    """The store a server started with ``env`` and ``data_dir`` uses (for seeding and checks)."""
+    from tinkerstore.service import open_store
+
+    return open_store(
+        data_dir,
+        database_url=env.get("TINKERSTORE_DATABASE_URL"),
+        blob_url=env.get("TINKERSTORE_BLOB_URL"),
+    )
 
 
 @contextmanager

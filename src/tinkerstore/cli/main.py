@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +24,32 @@ __all__ = ["friendly_errors", "main", "open_from_options", "store_options"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _use_s3_endpoint(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    # The blob store reads its endpoint from AWS_ENDPOINT_URL (as boto3 itself does), so the
+    # flag lands there: every command, whichever way it opens the store, then uses it.
+    if value:
+        os.environ["AWS_ENDPOINT_URL"] = value
+
+
 def store_options(func: F) -> F:
     """The options every store-touching command shares (same flags, same variables)."""
+    func = click.option(
+        "--s3-endpoint-url",
+        envvar="AWS_ENDPOINT_URL",
+        default=None,
+        expose_value=False,
+        callback=_use_s3_endpoint,
+        help="Endpoint of an S3-compatible object store for s3:// blob URLs, e.g. "
+        "http://seaweedfs:8333 (default: AWS itself). Credentials come from the usual AWS "
+        "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION) or files. "
+        "[env AWS_ENDPOINT_URL]",
+    )(func)
     func = click.option(
         "--blob-url",
         envvar="TINKERSTORE_BLOB_URL",
         default=None,
         help="Where checkpoint bytes live: file:///abs/dir or s3://bucket/prefix "
-        "(S3 endpoint from AWS_ENDPOINT_URL). Default: DATA_DIR/blobs. [env TINKERSTORE_BLOB_URL]",
+        "(see --s3-endpoint-url). Default: DATA_DIR/blobs. [env TINKERSTORE_BLOB_URL]",
     )(func)
     func = click.option(
         "--database-url",

@@ -2,9 +2,18 @@
 
 Issuing a URL needs the caller's key and read access (owner, or a published checkpoint).
 Fetching it needs nothing but the URL: the SDK fetches with plain ``urllib`` and no headers.
-The signed endpoints check the MAC and expiry once, at the start, then look the version up in
-the catalog: a URL for a deleted or overwritten checkpoint is a 404 from that moment, while a
-transfer already under way finishes (its blobs outlive it by the sweeper's grace period).
+
+Two kinds of URL, chosen by the blob store:
+
+* **Object store (S3):** presigned GET URLs (SigV4) of the objects themselves, verified by the
+  object store, so the bytes never pass through a replica. External weights: one per file. The
+  0.25 archive: a tar object built once per version (``archives``), 503 + Retry-After until it
+  exists. Such a URL works until it expires, or until the sweeper removes the bytes of a deleted
+  or overwritten checkpoint (after the grace period).
+* **Local files:** URLs of this server's signed endpoints below. They check the MAC and expiry
+  once, at the start, then look the version up in the catalog: a URL for a deleted or
+  overwritten checkpoint is a 404 from that moment, while a transfer already under way finishes
+  (its blobs outlive it by the sweeper's grace period).
 """
 
 from __future__ import annotations
@@ -17,15 +26,18 @@ from email.utils import format_datetime
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from tinkerstore.errors import CheckpointNotFound, NotFound
+from tinkerstore.errors import CheckpointNotFound, NotFound, Unavailable
+from tinkerstore.server import archives
 from tinkerstore.server.auth import Caller, Settings, StoreDep
 from tinkerstore.server.downloads import ranged_response
+from tinkerstore.server.errors import error_response
 from tinkerstore.server.routes_checkpoints import checkpoint_path
 from tinkerstore.server.settings import ServerSettings
 from tinkerstore.server.signing import UrlSigner, archive_path, file_path
 from tinkerstore.server.tarstream import LAYOUT_VERSION, TarLayout, TarMember
 from tinkerstore.service import Store
 from tinkerstore.store.catalog.base import CheckpointRecord
+from tinkerstore.store.format import file_key
 from tinkerstore.types import (
     CheckpointArchiveUrlResponse,
     CheckpointKind,
@@ -76,13 +88,32 @@ def checkpoint_archive(
     store: StoreDep,
     settings: Settings,
 ) -> Response:
-    """A signed, expiring URL of the checkpoint as a plain tar (SDK 0.25). Answers at once: the
-    archive is streamed on demand, never prepared."""
+    """A signed, expiring URL of the checkpoint as a plain tar (SDK 0.25). On local files it
+    answers at once (the archive is streamed on demand); on an object store it is the presigned
+    URL of a cached tar object, after 503 + Retry-After while that is first built."""
     record = store.resolve(caller, checkpoint_path(run_id, kind, name))
     expires, expires_at = _expiry(settings)
-    url = _signer(request).sign_url(
-        _base_url(request, settings), archive_path(record.version_id), record.version_id, expires
-    )
+    key = archives.archive_key(record.blob_prefix)
+    url = store.blobs.presign_get(key, settings.url_lifetime_seconds)
+    if url is not None:
+        builds = archives.for_app(request.app.state, store)
+        if builds.ready(record, wait=settings.archive_build_wait_seconds) is None:
+            # Returned, not raised: an archive in preparation is not an error worth a log line.
+            return error_response(
+                Unavailable(
+                    f"the archive of {record.run_id}/{kind.value}/{name} is being prepared",
+                    hint="retry after the delay in Retry-After (the SDK does so by itself)",
+                    retry_after=settings.archive_retry_after_seconds,
+                ),
+                {"Cache-Control": "no-store"},
+            )
+    else:
+        url = _signer(request).sign_url(
+            _base_url(request, settings),
+            archive_path(record.version_id),
+            record.version_id,
+            expires,
+        )
     body = CheckpointArchiveUrlResponse(url=url, expires=expires_at).model_dump(mode="json")
     headers = {"Expires": format_datetime(expires_at, usegmt=True), "Cache-Control": "no-store"}
     if _wants_json(request):
@@ -111,9 +142,13 @@ def external_weights_urls(
         raise NotFound(f"checkpoint {record.run_id}/{kind.value}/{name} has no files to download")
     expires, expires_at = _expiry(settings)
     base, signer, vid = _base_url(request, settings), _signer(request), record.version_id
-    urls = {
-        f.path: signer.sign_url(base, file_path(vid, f.path), vid, expires) for f in manifest.files
-    }
+    urls = {}
+    for f in manifest.files:
+        # The object store's own presigned URL where there is one; else one of this server.
+        presigned = store.blobs.presign_get(
+            file_key(record.blob_prefix, f.path), settings.url_lifetime_seconds
+        )
+        urls[f.path] = presigned or signer.sign_url(base, file_path(vid, f.path), vid, expires)
     return ExternalWeightsUrlsResponse(urls=urls, expires=expires_at)
 
 

@@ -37,6 +37,11 @@ class ServerSettings(BaseModel):
     # a lock file): start-up repair may then fail every pending save and future at once. Replicas
     # sharing PostgreSQL + S3 set it False and leave stale work to the timed sweeper.
     sole_writer: bool = True
+    # On an object store (S3) the 0.25 archive is a tar object built once per version in the
+    # background (server/archives.py). A request waits this long for a build it started before
+    # answering 503, so small checkpoints get their URL at once; the 503 carries Retry-After.
+    archive_build_wait_seconds: float = Field(default=2.0, ge=0, le=30)
+    archive_retry_after_seconds: int = Field(default=5, ge=1, le=60)
     # Models listed by get_server_capabilities.
     supported_models: tuple[str, ...] = ()
 

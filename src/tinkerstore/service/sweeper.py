@@ -15,6 +15,14 @@ catalog on every request).
 
 ``recover`` runs at start-up with ``pending_timeout=0`` when this process is the only writer of
 the store (the embedded default), so every pending save left by a crash becomes failed at once.
+
+Several replicas (PostgreSQL + S3): every pass, ``recover`` included, runs under the catalog's
+``try_lock(SWEEPER_LOCK)``, so exactly one sweeper acts at a time; the others skip their turn
+(``SweepReport.skipped``). A replica killed mid-save leaves a pending version that only the
+timeout can tell from a live save: after ``pending_timeout`` a surviving replica's sweeper turns
+it failed, then removes its bytes. Futures are left alone: nothing tells a dead replica's future
+from a slow one, and failing work that still runs would lie to the client (a dead replica's
+futures stay pending; its clients time out and resume from their last checkpoint).
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from tinkerstore.errors import TinkerstoreError
 if TYPE_CHECKING:
     from tinkerstore.service.store import Store
 
-__all__ = ["SweepReport", "Sweeper"]
+__all__ = ["SWEEPER_LOCK", "SweepReport", "Sweeper"]
 
 BATCH = 500
+SWEEPER_LOCK = "sweeper"
 
 
 @dataclass
@@ -40,7 +49,9 @@ class SweepReport:
     garbage_versions: int = 0
     orphan_prefixes: int = 0
     tmp_files: int = 0
+    failed_futures: int = 0
     errors: list[str] = field(default_factory=list)
+    skipped: bool = False  # another sweeper held the lock: this pass did nothing
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -49,7 +60,9 @@ class SweepReport:
             "garbage_versions": self.garbage_versions,
             "orphan_prefixes": self.orphan_prefixes,
             "tmp_files": self.tmp_files,
+            "failed_futures": self.failed_futures,
             "errors": self.errors,
+            "skipped": self.skipped,
         }
 
 
@@ -67,12 +80,18 @@ class Sweeper:
 
     def recover(self, *, sole_writer: bool) -> SweepReport:
         """Start-up repair. ``sole_writer``: no other process can be saving right now."""
+        with self._store.catalog.try_lock(SWEEPER_LOCK) as held:
+            if not held:
+                return SweepReport(skipped=True)
+            return self._recover(sole_writer=sole_writer)
+
+    def _recover(self, *, sole_writer: bool) -> SweepReport:
         now = self._store.now()
         report = SweepReport()
         timeout = timedelta(0) if sole_writer else self.pending_timeout
         report.failed_pending = len(self._store.catalog.fail_stale_pending(now - timeout, now))
         if sole_writer:
-            self._store.catalog.fail_pending_futures(
+            report.failed_futures = self._store.catalog.fail_pending_futures(
                 b'{"error":"the server restarted while this request was running; submit it again",'
                 b'"category":"server"}',
                 now,
@@ -84,6 +103,13 @@ class Sweeper:
         return report
 
     def sweep(self) -> SweepReport:
+        """One pass, unless another sweeper (thread or replica) is in one: then skipped."""
+        with self._store.catalog.try_lock(SWEEPER_LOCK) as held:
+            if not held:
+                return SweepReport(skipped=True)
+            return self._sweep()
+
+    def _sweep(self) -> SweepReport:
         now = self._store.now()
         report = SweepReport()
         catalog = self._store.catalog

@@ -130,7 +130,9 @@ def missing_model(store: Store, principal: Principal, model_id: str) -> ModelNot
         else "it saved no training checkpoint; create a new training client"
     )
     return ModelNotFound(
-        f"model {model_id!r} is no longer loaded (the server restarted or unloaded it)",
+        f"model {model_id!r} is not loaded on this server (it restarted or unloaded it, or "
+        "this request reached another replica: route training requests by session id, "
+        "see docs/scale.md)",
         hint=resume,
     )
 

@@ -3,7 +3,10 @@ the same way (the contract suite compares them field for field)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from tinkerstore.errors import AlreadyExists, CheckpointNotFound, InvalidInput
@@ -15,6 +18,7 @@ __all__ = [
     "checkpoint_exists",
     "checkpoint_not_found",
     "from_micros",
+    "local_try_lock",
     "new_user_id",
     "opt_utc",
     "to_micros",
@@ -77,3 +81,20 @@ def check_page_args(limit: int, offset: int) -> None:
             f"invalid page: limit={limit}, offset={offset}",
             hint="limit and offset must be zero or positive",
         )
+
+
+_REGISTRY_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def local_try_lock(registry: dict[str, threading.Lock], name: str) -> Iterator[bool]:
+    """``Catalog.try_lock`` within one process: the lock ``name`` of ``registry``, taken without
+    waiting. Not re-entrant on purpose: a second try while held says False, even on one thread."""
+    with _REGISTRY_GUARD:
+        lock = registry.setdefault(name, threading.Lock())
+    acquired = lock.acquire(blocking=False)
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            lock.release()

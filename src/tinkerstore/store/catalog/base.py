@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -213,6 +214,14 @@ class Catalog(Protocol):
     # -- settings (e.g. the URL-signing secret shared by replicas) ---------------------------
     def get_or_create_setting(self, key: str, default: str) -> str:
         """Return the stored value, storing ``default`` first if absent (race-safe)."""
+
+    # -- coordination between replicas -------------------------------------------------------
+    def try_lock(self, name: str) -> AbstractContextManager[bool]:
+        """A context manager yielding whether this caller now holds the lock ``name``; it never
+        waits. Exactly one holder at a time among every process sharing the catalog (a
+        PostgreSQL advisory lock, on a connection of its own that dies with the process), or
+        among this process's callers on SQLite and in memory (which serve one process). Used so
+        that exactly one sweeper acts at a time. Released when the block ends."""
 
     # -- users and keys ----------------------------------------------------------------------
     def create_user(self, name: str, now: datetime) -> UserRecord:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from tinkerstore.errors import (
@@ -25,6 +26,7 @@ from tinkerstore.store.catalog._common import (
     check_page_args,
     checkpoint_exists,
     checkpoint_not_found,
+    local_try_lock,
     new_user_id,
     opt_utc,
     utc,
@@ -72,6 +74,7 @@ class MemoryCatalog:
         self._futures: dict[str, FutureRecord] = {}
         self._future_slots: dict[tuple[str, int], str] = {}
         self._audit: list[AuditRecord] = []
+        self._named_locks: dict[str, threading.Lock] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -84,6 +87,12 @@ class MemoryCatalog:
     def get_or_create_setting(self, key: str, default: str) -> str:
         with self._lock:
             return self._settings.setdefault(key, default)
+
+    # -- coordination ------------------------------------------------------------------------
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        with local_try_lock(self._named_locks, name) as held:
+            yield held
 
     # -- users and keys ----------------------------------------------------------------------
     def create_user(self, name: str, now: datetime) -> UserRecord:

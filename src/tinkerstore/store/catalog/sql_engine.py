@@ -21,6 +21,11 @@ removes) and it saves one fsync (~10 ms on a VM disk) per request.
 PostgreSQL: writes in READ COMMITTED with explicit row locks (see ``sql_checkpoints`` for the lock
 order); reads in REPEATABLE READ so a page and its total come from one snapshot.
 
+``try_lock`` (one sweeper among replicas): on PostgreSQL a session-level advisory lock held by a
+connection kept out of the pool for the block, in autocommit so no transaction idles open; if the
+process dies, its session ends and the lock goes with it. SQLite serves one server process (the
+lock file of ``tinkerstore serve``), so a process-local lock per database file is enough.
+
 Driver errors never leak: integrity violations the protocol expects become ``AlreadyExists`` or
 are resolved by re-reading, everything else becomes ``Unavailable`` (``raise ... from exc``).
 """
@@ -28,19 +33,30 @@ are resolved by re-reading, everything else becomes ``Unavailable`` (``raise ...
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from tinkerstore.errors import AlreadyExists, Unavailable
 from tinkerstore.store.catalog import migrations
+from tinkerstore.store.catalog._common import local_try_lock
 
 __all__ = ["SqlEngine"]
+
+log = logging.getLogger(__name__)
+
+# try_lock on SQLite: one registry per process, keyed by database URL and lock name, so two
+# catalog handles on one file in one process exclude each other too.
+_SQLITE_LOCKS: dict[str, threading.Lock] = {}
+# The advisory lock key: a 64-bit hash of the schema and the name, so deployments sharing one
+# database in different schemas do not block each other.
+_PG_LOCK_KEY = "hashtextextended('tinkerstore:' || current_schema() || ':' || :name, 0)"
 
 
 def _sqlite_engine(
@@ -82,9 +98,14 @@ class SqlEngine:
     def __init__(self, url: str, *, pool_size: int = 8, busy_timeout_s: float = 30.0) -> None:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        self._url_key = parsed.render_as_string(hide_password=True)
         self._write_lock: contextlib.AbstractContextManager[Any]
+        # try_lock's registry on SQLite: process-wide for a file, this object's own in memory.
+        self._local_locks = _SQLITE_LOCKS
         if self.dialect == "sqlite":
             memory = parsed.database in (None, "", ":memory:")
+            if memory:
+                self._local_locks = {}
             self._write_engine = _sqlite_engine(
                 url,
                 begin="BEGIN IMMEDIATE",
@@ -160,6 +181,40 @@ class SqlEngine:
                     yield conn
             except DBAPIError as exc:
                 raise unavailable(exc) from exc
+
+    # -- coordination ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        if self.dialect != "postgresql":
+            with local_try_lock(self._local_locks, f"{self._url_key}\x00{name}") as held:
+                yield held
+            return
+        try:
+            conn = self._write_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            held = bool(
+                conn.execute(
+                    text(f"SELECT pg_try_advisory_lock({_PG_LOCK_KEY})"), {"name": name}
+                ).scalar_one()
+            )
+        except DBAPIError as exc:
+            raise unavailable(exc) from exc
+        try:
+            yield held
+        finally:
+            try:
+                if held:
+                    conn.execute(text(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})"), {"name": name})
+            except DBAPIError as exc:
+                # Never hand a connection that may still hold the lock back to the pool: closing
+                # its session is what releases the lock then.
+                log.warning(
+                    "could not release catalog lock %r (%s); dropping the connection",
+                    name,
+                    exc.orig,
+                )
+                conn.invalidate()
+            finally:
+                conn.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def migrate(self) -> None:
