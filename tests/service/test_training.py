@@ -183,5 +183,5 @@ def test_snapshot_sampler_keeps_its_weights_until_the_session_is_released(
     assert training.release_session(me, "snap") == [model]
     with pytest.raises(NotFound, match="no longer loaded"):
         training.sample(me, sid, prompt, greedy, num_samples=1, prompt_logprobs=False)
-    with pytest.raises(ModelNotFound, match="no longer loaded"):
+    with pytest.raises(ModelNotFound, match="not loaded on this server"):
         training.optim_step(me, model, AdamSpec())
