@@ -37,7 +37,7 @@ from tinkerstore.server.signing import UrlSigner, archive_path, file_path
 from tinkerstore.server.tarstream import LAYOUT_VERSION, TarLayout, TarMember
 from tinkerstore.service import Store
 from tinkerstore.store.catalog.base import CheckpointRecord
-from tinkerstore.store.format import file_key
+from tinkerstore.store.format import FileEntry, file_key, verified_chunks
 from tinkerstore.types import (
     CheckpointArchiveUrlResponse,
     CheckpointKind,
@@ -169,6 +169,20 @@ def _live_record(store: Store, version_id: str) -> CheckpointRecord:
     return record
 
 
+def _verified_whole(store: Store, record: CheckpointRecord, entry: FileEntry) -> Iterator[bytes]:
+    """A whole file, checked against the manifest while it streams. The last chunk is held back
+    until size and checksum are confirmed: on a mismatch ``verified_chunks`` raises first, the
+    response ends short of its Content-Length, and no client takes damaged bytes for a complete
+    file. (A ranged response cannot be verified here; it is served raw.)"""
+    held: bytes | None = None
+    for chunk in verified_chunks(store.blobs, record.blob_prefix, entry):
+        if held is not None:
+            yield held
+        held = chunk
+    if held is not None:
+        yield held
+
+
 _SIG_QUERY = {"exp": Query(default=None), "sig": Query(default=None)}
 
 
@@ -190,7 +204,12 @@ def signed_archive(
         mtime=int(record.created_at.timestamp()),
     )
 
+    entries = {f.path: f for f in manifest.files}
+
     def read(relpath: str, start: int, end: int) -> Iterator[bytes]:
+        entry = entries[relpath]
+        if (start, end) == (0, entry.size):
+            return _verified_whole(store, record, entry)
         return store.open_range(record, relpath, start, end)
 
     return ranged_response(
@@ -227,6 +246,10 @@ def signed_file(
         total=entry.size,
         etag=f'"{version_id}"',
         media_type="application/octet-stream",
-        body=lambda start, end: store.open_range(record, relpath, start, end),
+        body=lambda start, end: (
+            _verified_whole(store, record, entry)
+            if (start, end) == (0, entry.size)
+            else store.open_range(record, relpath, start, end)
+        ),
         filename=relpath.rsplit("/", 1)[-1],
     )

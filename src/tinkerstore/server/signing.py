@@ -70,7 +70,12 @@ class UrlSigner:
         """Raise ``SignatureInvalid`` or ``UrlExpired``; return quietly if the URL is good."""
         # HEAD is a GET without a body: the same URL answers both.
         method = "GET" if method.upper() == "HEAD" else method
-        if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+        if (
+            not expires
+            or not signature
+            or not (expires.isascii() and expires.isdigit())  # "²".isdigit() is True
+            or len(expires) > 12
+        ):
             raise SignatureInvalid(
                 "this download URL is not signed (missing or malformed exp/sig)",
                 hint="ask the API for a fresh download URL",

@@ -41,17 +41,7 @@ def open_store(
     migrate: bool = True,
 ) -> Store:
     db, blobs = resolve_urls(data_dir, database_url, blob_url)
-    if db.startswith("sqlite:///"):
-        _create_private(Path(db.removeprefix("sqlite:///")))
     catalog = open_catalog(db)
     if migrate:
         catalog.migrate()
     return Store(catalog, open_blobs(blobs))
-
-
-def _create_private(path: Path) -> None:
-    """Create the SQLite file 0600 before SQLite opens it: it holds key hashes and the URL
-    signing secret, and SQLite gives its -wal/-shm files the same mode as the database."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))

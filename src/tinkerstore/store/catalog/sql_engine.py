@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -43,7 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from tinkerstore.errors import AlreadyExists, Unavailable
+from tinkerstore.errors import AlreadyExists, StorageFull, Unavailable
 from tinkerstore.store.catalog import migrations
 from tinkerstore.store.catalog._common import local_try_lock
 
@@ -92,6 +94,15 @@ def _sqlite_engine(
     return engine
 
 
+def _private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use the umask): it holds the
+    URL-signing secret. SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if path.stat().st_uid == os.getuid():
+        os.chmod(path, 0o600)  # also tightens a catalog created by an earlier version
+
+
 class SqlEngine:
     """Engines, transactions and migrations of ``SqlCatalog`` (see the module docstring)."""
 
@@ -106,6 +117,8 @@ class SqlEngine:
             memory = parsed.database in (None, "", ":memory:")
             if memory:
                 self._local_locks = {}
+            else:
+                _private_file(Path(str(parsed.database)))
             self._write_engine = _sqlite_engine(
                 url,
                 begin="BEGIN IMMEDIATE",
@@ -226,7 +239,16 @@ class SqlEngine:
         self._read_engine.dispose()
 
 
-def unavailable(exc: DBAPIError) -> Unavailable:
+def unavailable(exc: DBAPIError) -> Unavailable | StorageFull:
+    orig = exc.orig
+    # SQLITE_FULL (13) and PostgreSQL's disk_full (53100): the disk is the problem, and the
+    # caller should hear StorageFull (507) like it does when a blob write hits ENOSPC.
+    if getattr(orig, "sqlite_errorcode", None) == 13 or getattr(orig, "sqlstate", None) == "53100":
+        return StorageFull(
+            f"the catalog database ran out of disk space: {orig}",
+            hint="free disk space where the catalog lives, then retry; "
+            "earlier checkpoints are intact",
+        )
     return Unavailable(
         f"the catalog database failed: {type(exc.orig).__name__}: {exc.orig}",
         hint="check that the database is reachable and migrated (tinkerstore migrates at start-up)",
