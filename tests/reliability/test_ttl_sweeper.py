@@ -168,12 +168,6 @@ def test_expired_checkpoint_is_404_at_once(store: Store) -> None:
     assert store.list_checkpoints(owner.principal, RUN, limit=10).total_count == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the grace period is counted from the version's creation, not from when it "
-    "stopped being live, so an old checkpoint's bytes go at the first sweep after its delete "
-    "(fix: a garbage_since column, see docs/reliability.md)",
-)
 def test_grace_counts_from_when_a_checkpoint_stopped_being_live(store: Store) -> None:
     owner = make_user(store, "owner")
     make_run(store, owner)
@@ -182,3 +176,10 @@ def test_grace_counts_from_when_a_checkpoint_stopped_being_live(store: Store) ->
     assert store.sweep().expired == [tinker_path(record)]
     # Within the grace period a download under way must still find every byte.
     assert store.read_file(record, "adapter_config.json")
+    advance(store, store.sweeper.grace.total_seconds() - 1)
+    assert store.sweep().garbage_versions == 0  # still inside the grace period
+    assert store.read_file(record, "adapter_config.json")
+    advance(store, 2)  # just past it: the bytes and the version row go
+    assert store.sweep().garbage_versions == 1
+    assert store.catalog.get_version(record.version_id) is None
+    assert record.blob_prefix not in {p for p, _ in store.blobs.list_prefixes("v/")}

@@ -29,7 +29,13 @@ from tinkerstore.store.catalog.base import (
     VersionRecord,
     VersionState,
 )
-from tinkerstore.store.format import Manifest, file_key, read_manifest, verified_chunks
+from tinkerstore.store.format import (
+    Manifest,
+    file_key,
+    read_manifest,
+    read_verified,
+    verified_chunks,
+)
 from tinkerstore.types.paths import CheckpointKind, ParsedCheckpointTinkerPath, validate_segment
 
 __all__ = ["MAX_PAGE", "MAX_TTL_SECONDS", "MIN_TTL_SECONDS", "AccessScope", "Store", "check_ttl"]
@@ -254,8 +260,10 @@ class Store:
         return self.blobs.open_range(file_key(record.blob_prefix, relpath), start, end)
 
     def read_file(self, record: CheckpointRecord, relpath: str) -> bytes:
+        """One file's bytes, every byte checked against the manifest (one copy, like a plain
+        read: local files are read straight into the result while hashing on a helper thread)."""
         entry = self.manifest(record).entry(relpath)
-        return b"".join(verified_chunks(self.blobs, record.blob_prefix, entry))
+        return read_verified(self.blobs, record.blob_prefix, entry)
 
     def download_to(self, principal: Principal, tinker_path: str, dest_dir: Path) -> Manifest:
         """Copy a checkpoint's files into ``dest_dir`` after verifying every checksum. The files
@@ -343,7 +351,9 @@ class Store:
     # -- changing ----------------------------------------------------------------------------
     def delete_checkpoint(self, principal: Principal, tinker_path: str) -> CheckpointRecord:
         record = self.resolve(principal, tinker_path, for_write=True)
-        deleted = self.catalog.delete_checkpoint(record.run_id, record.kind, record.name)
+        deleted = self.catalog.delete_checkpoint(
+            record.run_id, record.kind, record.name, now=self.now()
+        )
         self._audit(principal, "checkpoint_deleted", tinker_path)
         return deleted
 

@@ -4,7 +4,8 @@ What it does, in order, each pass:
 1. deletes expired checkpoints (``delete_if_expired``: exactly once even with racing sweepers,
    and never one whose TTL was cleared or extended meanwhile);
 2. turns pending versions older than ``pending_timeout`` into failed (their writer died);
-3. removes the blobs of failed and superseded versions older than ``grace``, then their rows;
+3. removes the blobs of failed and superseded versions that became garbage at least
+   ``grace`` ago (``garbage_since``), then their rows;
 4. removes blob prefixes no version row knows (a crash between writing bytes and recording
    them, or rows forgotten after step 3 crashed midway) once they are older than ``grace``.
 

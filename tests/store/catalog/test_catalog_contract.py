@@ -267,7 +267,7 @@ def test_list_runs_accessible_includes_runs_with_public_checkpoints(catalog: Cat
     save(catalog, "b0", "c2", owner="bob", overwrite=True)  # new content is private
     assert accessible() == (["a0"], 1)
     catalog.set_public("b0", W, "c1", True)
-    catalog.delete_checkpoint("b0", W, "c1")
+    catalog.delete_checkpoint("b0", W, "c1", now=T0)
     assert accessible() == (["a0"], 1)
 
 
@@ -521,7 +521,7 @@ def test_totals_match_the_rows_after_random_operations(catalog: Catalog) -> None
             except AlreadyExists:
                 pass
         elif op < 0.7 and (run, kind, name) in live:
-            catalog.delete_checkpoint(run, kind, name)
+            catalog.delete_checkpoint(run, kind, name, now=now)
         elif op < 0.85 and (run, kind, name) in live:
             catalog.set_expiry(run, kind, name, rng.choice([None, at(step + 5), at(step - 1)]))
         else:
@@ -552,12 +552,12 @@ def _check_totals(cat: Catalog, now: datetime) -> None:
 # -- deletes, expiry -------------------------------------------------------------------------------
 def test_delete_checkpoint(catalog: Catalog) -> None:
     ckpt = save(catalog, "r1", "c1")
-    assert catalog.delete_checkpoint("r1", W, "c1") == ckpt
+    assert catalog.delete_checkpoint("r1", W, "c1", now=T0) == ckpt
     assert catalog.get_checkpoint("r1", W, "c1") is None
     assert state_of(catalog, ckpt.version_id) is VersionState.SUPERSEDED
     assert catalog.list_checkpoints(run_id="r1", limit=5, offset=0, now=T0).total_count == 0
     calls: list[Callable[[], object]] = [
-        lambda: catalog.delete_checkpoint("r1", W, "c1"),
+        lambda: catalog.delete_checkpoint("r1", W, "c1", now=T0),
         lambda: catalog.set_public("r1", W, "c1", True),
         lambda: catalog.set_expiry("r1", W, "c1", None),
     ]
@@ -629,7 +629,7 @@ def test_garbage_versions_and_forget(catalog: Catalog) -> None:
     old = save(catalog, "r1", "b", now=at(2))
     save(catalog, "r1", "b", overwrite=True, now=at(3))  # supersedes old
     deleted = save(catalog, "r1", "c", now=at(4))
-    catalog.delete_checkpoint("r1", W, "c")
+    catalog.delete_checkpoint("r1", W, "c", now=at(4))
     live = save(catalog, "r1", "d", now=at(5))
     pending = begin(catalog, "r1", "e", now=at(6))
     garbage = catalog.garbage_versions(at(100), limit=10)
@@ -641,6 +641,10 @@ def test_garbage_versions_and_forget(catalog: Catalog) -> None:
     assert [v.version_id for v in catalog.garbage_versions(at(100), limit=2)] == [
         failed.version_id,
         old.version_id,
+    ]
+    # By when each became garbage (inclusive): failed at 1, old superseded at 3.
+    assert [v.version_id for v in catalog.garbage_versions(at(2.5), limit=10)] == [
+        failed.version_id
     ]
     assert [v.version_id for v in catalog.garbage_versions(at(3), limit=10)] == [
         failed.version_id,
@@ -655,6 +659,50 @@ def test_garbage_versions_and_forget(catalog: Catalog) -> None:
     assert [v.version_id for v in catalog.garbage_versions(at(100), limit=10)] == [
         deleted.version_id
     ]
+
+
+def test_grace_counts_from_when_a_version_became_garbage(catalog: Catalog) -> None:
+    # Every way a version stops being live, each a day after the version was created, all at
+    # ``dead``: none may be due before ``dead + grace`` (the sweeper asks for
+    # ``garbage_versions(sweep_time - grace)``), and all are due from then on.
+    grace, eps = timedelta(minutes=15), timedelta(microseconds=1)
+    dead = at(86_400)
+    overwritten = save(catalog, "r1", "overwritten", now=T0)
+    replacement = save(catalog, "r1", "overwritten", overwrite=True, now=dead)
+    deleted = save(catalog, "r1", "deleted", now=T0)
+    catalog.delete_checkpoint("r1", W, "deleted", now=dead)
+    expired = save(catalog, "r1", "expired", now=T0, expires_at=at(60))
+    assert catalog.delete_if_expired("r1", W, "expired", dead)
+    failed = begin(catalog, "r1", "failed", now=T0)
+    catalog.fail_version(failed.version_id, "boom", dead)
+    winner = begin(catalog, "r1", "taken", now=T0)
+    loser = begin(catalog, "r1", "taken", now=T0)
+    commit(catalog, winner, now=T0)
+    with pytest.raises(AlreadyExists):
+        commit(catalog, loser, now=dead)  # the name taken by a concurrent save
+    stale = begin(catalog, "r1", "stale", now=T0)
+    assert [v.version_id for v in catalog.fail_stale_pending(at(60), dead)] == [stale.version_id]
+    garbage = [overwritten.version_id, deleted.version_id, expired.version_id]
+    garbage += [failed.version_id, loser.version_id, stale.version_id]
+    for vid in garbage:
+        version = catalog.get_version(vid)
+        assert version is not None and version.garbage_since == dead, vid
+    for vid in (replacement.version_id, winner.version_id):
+        version = catalog.get_version(vid)
+        assert version is not None and version.garbage_since is None, vid
+
+    def due(sweep_at: datetime) -> list[str]:
+        return [v.version_id for v in catalog.garbage_versions(sweep_at - grace, limit=100)]
+
+    assert due(dead) == []
+    assert due(dead + grace - eps) == []
+    assert sorted(due(dead + grace)) == sorted(garbage)  # inclusive: grace 0 takes them at once
+    assert sorted(due(dead + grace + eps)) == sorted(garbage)
+    # Longest-dead first, whatever the creation order: created last, deleted first.
+    early = save(catalog, "r1", "early", now=at(43_200))
+    catalog.delete_checkpoint("r1", W, "early", now=dead - timedelta(seconds=1))
+    assert due(dead + grace - eps) == [early.version_id]
+    assert due(dead + grace + eps)[0] == early.version_id
 
 
 # -- sessions, samplers, futures, audit ------------------------------------------------------------

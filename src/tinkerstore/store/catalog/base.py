@@ -17,7 +17,8 @@ Call order of a save (the commit protocol)::
 ``commit_version`` marks the version completed and points ``(run_id, kind, name)`` at it in one
 transaction. An overwrite swaps the pointer in that same transaction, so there is never a moment
 with neither the old nor the new checkpoint. The previous version becomes garbage
-(``superseded``) and the sweeper removes its blobs.
+(``superseded``) and the sweeper removes its blobs once its grace period, counted from
+``garbage_since`` (the moment it turned superseded or failed), is over.
 
 Pagination: lists are newest first by ``seq`` (a strictly increasing number assigned at commit).
 Passing the ``snapshot`` of the first page to later pages hides rows committed after it, so pages
@@ -123,6 +124,9 @@ class VersionRecord:
     ttl_seconds: int | None = None
     overwrite: bool = False
     user_metadata: dict[str, str] | None = None
+    # When the version turned failed or superseded: the sweeper's grace period runs from here,
+    # not from ``created_at`` (a day-old checkpoint deleted now is still being downloaded).
+    garbage_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -280,22 +284,27 @@ class Catalog(Protocol):
     ) -> CheckpointRecord:
         """The commit: one transaction (see module docstring). Raises ``AlreadyExists`` if the
         name was taken meanwhile and overwrite is false (the version is then marked failed),
-        ``NotFound`` if the version is not pending (e.g. failed by the sweeper).
+        ``NotFound`` if the version is not pending (e.g. failed by the sweeper). Versions that
+        turn garbage here (the overwritten one, or this one when the name was taken) get
+        ``garbage_since=now``.
         The new checkpoint is private (``public=False``, also after an overwrite: new content
         is never published implicitly) and carries the version's ``user_metadata`` (an
         overwrite replaces the old mapping)."""
 
     def fail_version(self, version_id: str, error: str, now: datetime) -> None:
-        """Mark a pending version failed (no-op if it is no longer pending)."""
+        """Mark a pending version failed at ``now`` (no-op if it is no longer pending)."""
 
     def get_version(self, version_id: str) -> VersionRecord | None: ...
 
     def fail_stale_pending(self, older_than: datetime, now: datetime) -> list[VersionRecord]:
-        """Turn pending versions created before ``older_than`` into failed; return them."""
+        """Turn pending versions created before ``older_than`` into failed (``garbage_since``
+        is ``now``); return them."""
 
     def garbage_versions(self, older_than: datetime, limit: int) -> list[VersionRecord]:
-        """Failed or superseded versions (created before ``older_than``) whose blobs may be
-        removed, oldest first."""
+        """Failed or superseded versions that became garbage at or before ``older_than`` (by
+        ``garbage_since``, or ``created_at`` where that is unset), whose blobs may be removed;
+        the longest-dead first. Inclusive, so that a sweep with no grace period (start-up
+        recovery) also takes the versions it has just failed at that same ``now``."""
 
     def forget_versions(self, version_ids: Sequence[str]) -> None:
         """Drop garbage version rows after their blobs were removed (ids of pending or
@@ -331,8 +340,11 @@ class Catalog(Protocol):
         self, run_id: str, kind: CheckpointKind, now: datetime
     ) -> CheckpointRecord | None: ...
 
-    def delete_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
-        """Remove the pointer (its version becomes superseded). Raises ``CheckpointNotFound``."""
+    def delete_checkpoint(
+        self, run_id: str, kind: CheckpointKind, name: str, *, now: datetime
+    ) -> CheckpointRecord:
+        """Remove the pointer (its version becomes superseded at ``now``, which starts its
+        grace period). Raises ``CheckpointNotFound``."""
 
     def set_public(
         self, run_id: str, kind: CheckpointKind, name: str, public: bool
@@ -348,8 +360,9 @@ class Catalog(Protocol):
     def delete_if_expired(
         self, run_id: str, kind: CheckpointKind, name: str, now: datetime
     ) -> bool:
-        """Delete only if still expired at ``now`` (a TTL cleared meanwhile wins). Returns
-        whether this call deleted it, so two racing sweepers delete exactly once."""
+        """Delete only if still expired at ``now`` (a TTL cleared meanwhile wins); its version
+        becomes superseded at ``now``. Returns whether this call deleted it, so two racing
+        sweepers delete exactly once."""
 
     def storage_usage(self, owner_id: str, now: datetime) -> tuple[int, int]:
         """(checkpoint count, total bytes) of an owner's visible checkpoints."""

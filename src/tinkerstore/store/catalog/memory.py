@@ -57,6 +57,11 @@ def _alive(ckpt: CheckpointRecord, now: datetime) -> bool:
     return ckpt.expires_at is None or ckpt.expires_at > now
 
 
+def _dead_since(version: VersionRecord) -> datetime:
+    # Same rule as the SQL ``coalesce(garbage_since, created_at)``.
+    return version.garbage_since or version.created_at
+
+
 class MemoryCatalog:
     """The in-memory catalog (see the module docstring)."""
 
@@ -196,6 +201,7 @@ class MemoryCatalog:
                 version,
                 state=VersionState.PENDING,
                 created_at=utc(version.created_at),
+                garbage_since=None,
                 user_metadata=None
                 if version.user_metadata is None
                 else dict(version.user_metadata),
@@ -220,15 +226,19 @@ class MemoryCatalog:
                     f"version {version_id!r} is not pending ({state}): it cannot be committed",
                     hint="the save was abandoned or failed; save again",
                 )
+            now = utc(now)
             key = (version.run_id, version.kind, version.name)
             old = self._checkpoints.get(key)
-            if old is not None and _alive(old, utc(now)) and not version.overwrite:
+            if old is not None and _alive(old, now) and not version.overwrite:
                 self._versions[version_id] = dataclasses.replace(
-                    version, state=VersionState.FAILED, error="name taken by a concurrent save"
+                    version,
+                    state=VersionState.FAILED,
+                    error="name taken by a concurrent save",
+                    garbage_since=now,
                 )
                 raise checkpoint_exists(*key)
             if old is not None:
-                self._supersede(old.version_id)
+                self._supersede(old.version_id, now)
             self._seq += 1
             self._versions[version_id] = version = dataclasses.replace(
                 version,
@@ -244,7 +254,7 @@ class MemoryCatalog:
                 version_id=version_id,
                 blob_prefix=version.blob_prefix,
                 seq=self._seq,
-                created_at=utc(now),
+                created_at=now,
                 size_bytes=size_bytes,
                 manifest_digest=manifest_digest,
                 format_version=version.format_version,
@@ -255,17 +265,20 @@ class MemoryCatalog:
             self._checkpoints[key] = ckpt
             return ckpt
 
-    def _supersede(self, version_id: str) -> None:
+    def _supersede(self, version_id: str, now: datetime) -> None:
         old = self._versions.get(version_id)
         if old is not None:
-            self._versions[version_id] = dataclasses.replace(old, state=VersionState.SUPERSEDED)
+            self._versions[version_id] = dataclasses.replace(
+                old, state=VersionState.SUPERSEDED, garbage_since=now
+            )
 
     def fail_version(self, version_id: str, error: str, now: datetime) -> None:
+        now = utc(now)
         with self._lock:
             version = self._versions.get(version_id)
             if version is not None and version.state is VersionState.PENDING:
                 self._versions[version_id] = dataclasses.replace(
-                    version, state=VersionState.FAILED, error=error
+                    version, state=VersionState.FAILED, error=error, garbage_since=now
                 )
 
     def get_version(self, version_id: str) -> VersionRecord | None:
@@ -273,7 +286,7 @@ class MemoryCatalog:
             return self._versions.get(version_id)
 
     def fail_stale_pending(self, older_than: datetime, now: datetime) -> list[VersionRecord]:
-        older_than = utc(older_than)
+        older_than, now = utc(older_than), utc(now)
         with self._lock:
             stale = [
                 v
@@ -283,7 +296,10 @@ class MemoryCatalog:
             failed = []
             for v in sorted(stale, key=lambda v: (v.created_at, v.version_id)):
                 v = dataclasses.replace(
-                    v, state=VersionState.FAILED, error="abandoned: still pending at sweep"
+                    v,
+                    state=VersionState.FAILED,
+                    error="abandoned: still pending at sweep",
+                    garbage_since=now,
                 )
                 self._versions[v.version_id] = v
                 failed.append(v)
@@ -295,9 +311,9 @@ class MemoryCatalog:
             rows = [
                 v
                 for v in self._versions.values()
-                if v.state in _GARBAGE and v.created_at < older_than
+                if v.state in _GARBAGE and _dead_since(v) <= older_than
             ]
-            return sorted(rows, key=lambda v: (v.created_at, v.version_id))[:limit]
+            return sorted(rows, key=lambda v: (_dead_since(v), v.version_id))[:limit]
 
     def forget_versions(self, version_ids: Sequence[str]) -> None:
         with self._lock:
@@ -361,11 +377,14 @@ class MemoryCatalog:
             ]
             return max(rows, key=lambda c: c.seq, default=None)
 
-    def delete_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
+    def delete_checkpoint(
+        self, run_id: str, kind: CheckpointKind, name: str, *, now: datetime
+    ) -> CheckpointRecord:
+        now = utc(now)
         with self._lock:
             ckpt = self._existing(run_id, kind, name)
             del self._checkpoints[(run_id, kind, name)]
-            self._supersede(ckpt.version_id)
+            self._supersede(ckpt.version_id, now)
             return ckpt
 
     def _existing(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
@@ -405,7 +424,7 @@ class MemoryCatalog:
             ckpt = self._checkpoints.get((run_id, kind, name))
             if ckpt is None or _alive(ckpt, now):
                 return False
-            self.delete_checkpoint(run_id, kind, name)
+            self.delete_checkpoint(run_id, kind, name, now=now)
             return True
 
     def storage_usage(self, owner_id: str, now: datetime) -> tuple[int, int]:

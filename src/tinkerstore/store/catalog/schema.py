@@ -223,6 +223,8 @@ versions = Table(
     Column("ttl_seconds", BigInteger),
     Column("overwrite", Boolean, nullable=False),
     Column("user_metadata", JsonText),
+    # Set when the version turns failed or superseded: the sweeper's grace period starts here.
+    Column("garbage_since", UtcDateTime),
     Index("ix_versions_state_created", "state", "created_at"),
 )
 
@@ -359,6 +361,7 @@ def row_to_version(r: Row[Any]) -> VersionRecord:
         ttl_seconds=r.ttl_seconds,
         overwrite=bool(r.overwrite),
         user_metadata=r.user_metadata,
+        garbage_since=r.garbage_since,
     )
 
 

@@ -69,7 +69,7 @@ class SqlCatalog(SqlRecords):
 
     def fail_version(self, version_id: str, error: str, now: datetime) -> None:
         with self._write(durable=False) as conn:
-            q.fail_version(conn, version_id, error)
+            q.fail_version(conn, version_id, error, now)
 
     def get_version(self, version_id: str) -> VersionRecord | None:
         with self._read() as conn:
@@ -78,7 +78,7 @@ class SqlCatalog(SqlRecords):
 
     def fail_stale_pending(self, older_than: datetime, now: datetime) -> list[VersionRecord]:
         with self._write(durable=False) as conn:
-            return q.fail_stale_pending(conn, older_than)
+            return q.fail_stale_pending(conn, older_than, now)
 
     def garbage_versions(self, older_than: datetime, limit: int) -> list[VersionRecord]:
         with self._read() as conn:
@@ -141,9 +141,11 @@ class SqlCatalog(SqlRecords):
         with self._read() as conn:
             return q.latest_checkpoint(conn, run_id, kind, now)
 
-    def delete_checkpoint(self, run_id: str, kind: CheckpointKind, name: str) -> CheckpointRecord:
+    def delete_checkpoint(
+        self, run_id: str, kind: CheckpointKind, name: str, *, now: datetime
+    ) -> CheckpointRecord:
         with self._write() as conn:
-            return q.delete_checkpoint(conn, run_id, kind, name)
+            return q.delete_checkpoint(conn, run_id, kind, name, now)
 
     def set_public(
         self, run_id: str, kind: CheckpointKind, name: str, public: bool

@@ -189,7 +189,11 @@ def commit_version(
         conn.execute(
             update(versions)
             .where(versions.c.version_id == version_id)
-            .values(state=VersionState.FAILED.value, error="name taken by a concurrent save")
+            .values(
+                state=VersionState.FAILED.value,
+                error="name taken by a concurrent save",
+                garbage_since=now,
+            )
         )
         return checkpoint_exists(v.run_id, kind, v.name)
     conn.execute(
@@ -216,7 +220,7 @@ def commit_version(
     }
     if old is not None:
         # The overwrite: swap the pointer in place, in this same transaction.
-        _supersede(conn, old.version_id)
+        _supersede(conn, old.version_id, now)
         conn.execute(update(checkpoints).where(_key(v.run_id, kind, v.name)).values(**values))
         _count_checkpoint(conn, old, -1)
     else:
@@ -230,23 +234,25 @@ def commit_version(
     return row_to_checkpoint(new)
 
 
-def _supersede(conn: Connection, version_id: str) -> None:
+def _supersede(conn: Connection, version_id: str, now: datetime) -> None:
     conn.execute(
         update(versions)
         .where(versions.c.version_id == version_id)
-        .values(state=VersionState.SUPERSEDED.value)
+        .values(state=VersionState.SUPERSEDED.value, garbage_since=now)
     )
 
 
-def fail_version(conn: Connection, version_id: str, error: str) -> None:
+def fail_version(conn: Connection, version_id: str, error: str, now: datetime) -> None:
     conn.execute(
         update(versions)
         .where(versions.c.version_id == version_id, versions.c.state == VersionState.PENDING.value)
-        .values(state=VersionState.FAILED.value, error=error)
+        .values(state=VersionState.FAILED.value, error=error, garbage_since=utc(now))
     )
 
 
-def fail_stale_pending(conn: Connection, older_than: datetime) -> list[VersionRecord]:
+def fail_stale_pending(
+    conn: Connection, older_than: datetime, now: datetime
+) -> list[VersionRecord]:
     stale = versions.c.state == VersionState.PENDING.value
     where = and_(stale, versions.c.created_at < utc(older_than))
     rows = conn.execute(
@@ -262,7 +268,7 @@ def fail_stale_pending(conn: Connection, older_than: datetime) -> list[VersionRe
     conn.execute(
         update(versions)
         .where(versions.c.version_id.in_(ids), stale)
-        .values(state=VersionState.FAILED.value, error=error)
+        .values(state=VersionState.FAILED.value, error=error, garbage_since=utc(now))
     )
     found = conn.execute(select(versions).where(versions.c.version_id.in_(ids))).all()
     by_id = {r.version_id: row_to_version(r) for r in found}
@@ -270,10 +276,15 @@ def fail_stale_pending(conn: Connection, older_than: datetime) -> list[VersionRe
 
 
 def garbage_versions(conn: Connection, older_than: datetime, limit: int) -> list[VersionRecord]:
+    # The grace period runs from when the version stopped being live. ``created_at`` stands in
+    # only for a garbage row written without ``garbage_since`` (not by this module). ``<=``: a
+    # recovery sweep (no grace) must take the versions it failed at this same ``now``. The
+    # state index narrows the scan to garbage rows, which the sweeper keeps few.
+    dead_since = func.coalesce(versions.c.garbage_since, versions.c.created_at)
     rows = conn.execute(
         select(versions)
-        .where(versions.c.state.in_(_GARBAGE), versions.c.created_at < utc(older_than))
-        .order_by(versions.c.created_at, versions.c.version_id)
+        .where(versions.c.state.in_(_GARBAGE), dead_since <= utc(older_than))
+        .order_by(dead_since, versions.c.version_id)
         .limit(limit)
     ).all()
     return [row_to_version(r) for r in rows]
@@ -373,21 +384,21 @@ def latest_checkpoint(
     return None if row is None else row_to_checkpoint(row)
 
 
-def _remove(conn: Connection, row: Row[Any]) -> None:
+def _remove(conn: Connection, row: Row[Any], now: datetime) -> None:
     conn.execute(delete(checkpoints).where(_key(row.run_id, CheckpointKind(row.kind), row.name)))
-    _supersede(conn, row.version_id)
+    _supersede(conn, row.version_id, now)
     _count_checkpoint(conn, row, -1)
     if row.public:
         _add_public(conn, row.run_id, -1)
 
 
 def delete_checkpoint(
-    conn: Connection, run_id: str, kind: CheckpointKind, name: str
+    conn: Connection, run_id: str, kind: CheckpointKind, name: str, now: datetime
 ) -> CheckpointRecord:
     row = _locked_checkpoint(conn, _key(run_id, kind, name))
     if row is None:
         raise checkpoint_not_found(run_id, kind, name)
-    _remove(conn, row)
+    _remove(conn, row, utc(now))
     return row_to_checkpoint(row)
 
 
@@ -396,10 +407,11 @@ def delete_if_expired(
 ) -> bool:
     # The expiry test is in the locking SELECT: on PostgreSQL a racing caller blocks on the row
     # lock and then re-checks this WHERE against the committed row (gone, or TTL cleared).
-    row = _locked_checkpoint(conn, and_(_key(run_id, kind, name), c.expires_at <= utc(now)))
+    now = utc(now)
+    row = _locked_checkpoint(conn, and_(_key(run_id, kind, name), c.expires_at <= now))
     if row is None:
         return False
-    _remove(conn, row)
+    _remove(conn, row, now)
     return True
 
 
