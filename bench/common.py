@@ -258,13 +258,15 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         ),
         0,
     )
+    from importlib import metadata
+
     versions: dict[str, str] = {}
-    for mod in ("numpy", "safetensors", "torch", "uvicorn", "starlette", "sqlalchemy", "xxhash"):
+    dists = ("numpy", "safetensors", "torch", "uvicorn", "starlette", "sqlalchemy", "xxhash")
+    for dist in (*dists, "orjson", "pysimdjson", "protobuf"):
         try:
-            m = __import__(mod)
-            versions[mod] = str(getattr(m, "__version__", getattr(m, "VERSION", "?")))
-        except ImportError:
-            versions[mod] = "not installed"
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
     tools = {}
     for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"]), ("curl", ["--version"])):
         exe = shutil.which(tool) or (

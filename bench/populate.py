@@ -8,6 +8,11 @@ one ``completed`` version row and one checkpoint row per save, and the ``ckpt_ow
 commit path's own upsert), all in one transaction per batch. Tables and column types come from
 ``tinkerstore.store.catalog.schema``, so SQLite's integer timestamps and the JSON columns are
 encoded exactly as the catalog does.
+
+On SQLite the rows themselves are generated inside the database (``INSERT ... SELECT`` over a
+recursive counter, values encoded as ``UtcDateTime``/``JsonText``/``Boolean`` store them:
+integer microseconds, JSON text, 0/1): a million checkpoints take seconds instead of minutes
+of per-row Python. The sequence and counters still go through the same statements as above.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import create_engine, insert, update
+from sqlalchemy import Connection, create_engine, insert, text, update
 
 from tinkerstore.store.catalog import sqlalchemy_url
+from tinkerstore.store.catalog._common import to_micros
 from tinkerstore.store.catalog.schema import checkpoints, sequences, versions
 from tinkerstore.store.catalog.sql_checkpoints import add_counter, current_seq
 from tinkerstore.types.paths import CheckpointKind
@@ -55,6 +61,19 @@ def bulk_add_checkpoints(
                     .values(value=sequences.c.value + n)
                 )
                 first_seq = current_seq(conn, "checkpoint") - n + 1
+                if engine.dialect.name == "sqlite":
+                    i0 = start_index + done
+                    _sqlite_rows(conn, owner_id, run_id, i0, n, first_seq, to_micros(base))
+                    evens = (n + (i0 % 2 == 0)) // 2  # indexes i0..i0+n-1 that are even
+                    for kind, k in (
+                        (CheckpointKind.WEIGHTS.value, evens),
+                        (CheckpointKind.SAMPLER_WEIGHTS.value, n - evens),
+                    ):
+                        if k:
+                            add_counter(conn, "ckpt_owner", owner_id, kind, k, k * SIZE_BYTES)
+                            add_counter(conn, "ckpt_run", run_id, kind, k, k * SIZE_BYTES)
+                    done += n
+                    continue
                 vrows, crows = [], []
                 per_kind: dict[str, int] = {}
                 for j in range(n):
@@ -104,3 +123,48 @@ def bulk_add_checkpoints(
             done += n
     finally:
         engine.dispose()
+
+
+_SQLITE_VERSIONS = """
+WITH RECURSIVE cnt(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM cnt WHERE j + 1 < :n)
+INSERT INTO versions (version_id, run_id, kind, name, owner_id, state, created_at, blob_prefix,
+                      size_bytes, manifest_digest, format_version, error, ttl_seconds,
+                      overwrite, user_metadata)
+SELECT printf('%s%016x', :vp, :i0 + j), :run, CASE WHEN (:i0 + j) % 2 = 0 THEN :kw ELSE :ks END,
+       printf('step-%08d', :i0 + j), :owner, 'completed', :t0 + :i0 + j,
+       printf('v/%s%016x/', :vp, :i0 + j), :size, :digest, 1, NULL, NULL, 0, NULL
+FROM cnt
+"""
+
+_SQLITE_CHECKPOINTS = """
+INSERT INTO checkpoints (run_id, kind, name, owner_id, version_id, blob_prefix, seq, created_at,
+                         size_bytes, manifest_digest, format_version, expires_at, public,
+                         user_metadata)
+SELECT run_id, kind, name, owner_id, version_id, blob_prefix,
+       :seq0 + (created_at - :t0 - :i0), created_at, size_bytes, manifest_digest,
+       format_version, NULL, 0, '{}'
+FROM versions
+WHERE run_id = :run AND version_id >= printf('%s%016x', :vp, :i0)
+  AND version_id < printf('%s%016x', :vp, :i0 + :n)
+"""
+
+
+def _sqlite_rows(
+    conn: Connection, owner_id: str, run_id: str, i0: int, n: int, seq0: int, t0: int
+) -> None:
+    """``n`` version + checkpoint rows for indexes ``i0 ..``, made by SQLite itself."""
+    params = {
+        "n": n,
+        "i0": i0,
+        "vp": uuid.uuid4().hex[:16],  # + 16 hex digits of the index: a unique 32-hex id
+        "run": run_id,
+        "owner": owner_id,
+        "kw": CheckpointKind.WEIGHTS.value,
+        "ks": CheckpointKind.SAMPLER_WEIGHTS.value,
+        "t0": t0,
+        "size": SIZE_BYTES,
+        "digest": "0" * 64,
+        "seq0": seq0,
+    }
+    conn.execute(text(_SQLITE_VERSIONS), params)
+    conn.execute(text(_SQLITE_CHECKPOINTS), params)

@@ -7,8 +7,11 @@ Same float32 arrays (1k and 1M elements), same bytes to decode, same timing loop
 * JSON encode: ``TensorData.from_numpy(a).to_json_bytes()`` vs the SDK's pydantic model
   ``from_numpy(a).model_dump_json()`` (checked to give the same bytes).
 * JSON decode: ``from_json_bytes(raw).to_numpy()`` vs ``model_validate_json(raw).to_numpy()``.
-* protobuf encode: ours builds what our server sends (``encode_forward_backward_output`` of one
-  datum), the SDK what it sends (``request_conv._tensor_data_to_proto`` + serialize).
+* protobuf encode: the same message on both sides, a ``ForwardBackwardOutput`` holding one
+  datum's array (what our server sends back): ours is ``encode_forward_backward_output``, the
+  SDK side builds it with the SDK's generated classes the way the SDK's own codec builds a
+  ``Tensor`` (``tobytes()`` into the field, serialize), and the bytes are checked identical.
+  (Before, the SDK side encoded a ``Tensor`` instead: same payload, different message.)
 * protobuf decode: one ``ForwardBackwardRequest`` body with the array as a loss input, decoded
   by ``decode_forward_backward_request`` vs the SDK's ``Tensor`` decoder
   (``response_conv._tensor_data_from_proto``) on the same message.
@@ -143,9 +146,16 @@ def run(cfg: Config) -> dict[str, Any]:
             same = worker.ask(op="json_digest", size=n, number=1)["digest"]
             if same != hashlib.sha256(raw_json).hexdigest():
                 notes.append(f"{n} elements: our JSON bytes differ from the SDK's")
+            theirs = worker.ask(op="proto_digest", size=n, number=1)["digest"]
+            mine = encode_forward_backward_output([{"x": TensorData.from_numpy(arr)}], {})
+            if theirs != hashlib.sha256(mine).hexdigest():
+                notes.append(f"{n} elements: our protobuf bytes differ from the SDK side's")
             ours = _ours(arr, raw_json, raw_proto)
             cases += [_op_case(worker, ours[op], op, n, cfg.runs) for op in OPS]
     finally:
         worker.close()
-    notes.append("float32 arrays; JSON bytes are checked identical to the SDK's before timing")
+    notes.append(
+        "float32 arrays; JSON and protobuf bytes are checked identical to the SDK side's "
+        "before timing; proto encode = the same ForwardBackwardOutput message on both sides"
+    )
     return {"cases": cases, "notes": notes}

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tinkerstore.errors import InvalidInput, StorageFull, TinkerstoreError
+from tinkerstore.store.blobs.base import BlobWriter
 from tinkerstore.store.catalog.base import CheckpointRecord, VersionRecord
 from tinkerstore.store.format import FileEntry, HashingWriter, Manifest, file_key, manifest_key
 
@@ -27,14 +28,32 @@ __all__ = ["CHUNK", "PendingSave"]
 CHUNK = 1 << 20
 
 
+@runtime_checkable
+class _DeferredSync(Protocol):
+    """A blob store whose writers can skip their own fsyncs (``FileBlobStore``): a save then
+    syncs its whole version prefix once, before the catalog commit, instead of paying a
+    journal commit per blob and per directory. Other stores are durable per blob anyway."""
+
+    def writer(self, key: str, *, durable: bool = True) -> BlobWriter: ...
+
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
+
+    def sync_prefix(self, prefix: str) -> None: ...
+
+
 class _FileWriter:
     """Writes one file of a pending save; commits the file when the ``with`` block ends."""
 
     def __init__(self, save: PendingSave, relpath: str) -> None:
         self._save = save
-        self._writer = HashingWriter(
-            relpath, save._store.blobs.writer(file_key(save.version.blob_prefix, relpath))
-        )
+        key = file_key(save.version.blob_prefix, relpath)
+        blobs = save._store.blobs
+        inner: BlobWriter
+        if isinstance(blobs, _DeferredSync):
+            inner = blobs.writer(key, durable=False)  # PendingSave.commit syncs the prefix
+        else:
+            inner = blobs.writer(key)
+        self._writer = HashingWriter(relpath, inner)
         self._done = False
 
     def write(self, data: bytes | memoryview) -> None:
@@ -150,9 +169,17 @@ class PendingSave:
         manifest = Manifest.build(
             self.tinker_path, self._entries.values(), metadata, created_at=self._store.now()
         )
+        blobs = self._store.blobs
+        prefix = self.version.blob_prefix
         try:
             with _storage_errors():
-                self._store.blobs.put(manifest_key(self.version.blob_prefix), manifest.to_bytes())
+                if isinstance(blobs, _DeferredSync):
+                    # Durability before visibility: every file, the manifest and all their
+                    # directory entries are fsync'd here, before the catalog commit below.
+                    blobs.put(manifest_key(prefix), manifest.to_bytes(), durable=False)
+                    blobs.sync_prefix(prefix)
+                else:
+                    blobs.put(manifest_key(prefix), manifest.to_bytes())
             record = self._store.catalog.commit_version(
                 self.version.version_id,
                 size_bytes=manifest.total_size,

@@ -15,8 +15,10 @@ error instead of guessing; ``tests/golden/`` keeps one committed checkpoint per 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "file_key",
     "manifest_key",
     "read_manifest",
+    "read_verified",
     "verified_chunks",
 ]
 
@@ -48,6 +51,14 @@ MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_FILES = 10_000
 HASH_ALGORITHM = "xxh3_128"
+# Writes hash each 256 KiB piece right after copying it to the kernel, while it is still in the
+# CPU cache (hashing 64 MiB afterwards would read it back from RAM). Reads are the other way
+# round: the kernel's copy into the result is fastest in few large reads (many small reads into
+# fresh memory measured up to 2x slower), so they come in 16 MiB pieces, each hashed after it
+# arrives. Both measured on a busy 2-core VM, ahead of hashing on a helper thread, which only
+# pays off when a core is idle.
+_WRITE_PIECE = 256 << 10
+_READ_PIECE = 16 << 20
 
 
 def check_relpath(relpath: str) -> str:
@@ -179,9 +190,12 @@ class HashingWriter:
         self._size = 0
 
     def write(self, data: bytes | memoryview) -> None:
-        self._hash.update(data)
-        self._inner.write(data)
-        self._size += len(data)
+        view = memoryview(data).cast("B")
+        for start in range(0, view.nbytes, _WRITE_PIECE):
+            piece = view[start : start + _WRITE_PIECE]
+            self._inner.write(piece)
+            self._hash.update(piece)  # still in the cache from the copy just made
+        self._size += view.nbytes
 
     def commit(self) -> FileEntry:
         self._inner.commit()
@@ -203,6 +217,84 @@ def read_manifest(blobs: BlobStore, blob_prefix: str, expected_digest: str) -> M
     return Manifest.parse(raw, expected_digest=expected_digest)
 
 
+def _corrupted(entry: FileEntry) -> CheckpointCorrupted:
+    return CheckpointCorrupted(
+        f"file {entry.path!r} is corrupted (size or checksum differs from the manifest)",
+        hint="restore the checkpoint from a backup or delete it",
+    )
+
+
+def _missing(entry: FileEntry) -> CheckpointCorrupted:
+    return CheckpointCorrupted(
+        f"file {entry.path!r} is missing from storage",
+        hint="the checkpoint's files were removed outside tinkerstore; delete the checkpoint",
+    )
+
+
+def _bytes_api() -> tuple[Any, Any] | None:
+    api = getattr(ctypes, "pythonapi", None)  # CPython only
+    if api is None:
+        return None
+    make, addr = api.PyBytes_FromStringAndSize, api.PyBytes_AsString
+    make.restype, make.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_ssize_t]
+    addr.restype, addr.argtypes = ctypes.c_void_p, [ctypes.py_object]
+    return make, addr
+
+
+_BYTES_API = _bytes_api()
+
+
+def _new_bytes(size: int) -> tuple[bytes, memoryview]:
+    """A fresh ``bytes`` of ``size`` and a writable view of it, to be filled before it is used.
+
+    This is the C API's own way to build a bytes object in place
+    (``PyBytes_FromStringAndSize(NULL, n)``, then fill it): the file is read straight into the
+    result, one copy like ``Path.read_bytes``, where a ``bytearray`` would cost a second full
+    copy into ``bytes``. Nobody else sees the object until it is returned, filled.
+    """
+    if _BYTES_API is None or size == 0:
+        buf = bytearray(size)
+        return bytes(buf) if size == 0 else buf, memoryview(buf)  # type: ignore[return-value]
+    make, addr = _BYTES_API
+    out: bytes = make(None, size)
+    return out, memoryview((ctypes.c_char * size).from_address(addr(out))).cast("B")
+
+
+def read_verified(blobs: BlobStore, blob_prefix: str, entry: FileEntry) -> bytes:
+    """A whole file's bytes, checked against the manifest's size and XXH3-128 (raises
+    ``CheckpointCorrupted`` naming the file). Local files are read straight into the result
+    (one copy, like ``Path.read_bytes``), hashing each piece as it arrives."""
+    key = file_key(blob_prefix, entry.path)
+    try:
+        path = blobs.local_path(key)
+    except FileNotFoundError:
+        raise _missing(entry) from None
+    if path is None:
+        return b"".join(verified_chunks(blobs, blob_prefix, entry))
+    hasher = xxhash.xxh3_128()
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise _missing(entry) from None
+    with f:
+        if hasattr(os, "posix_fadvise"):
+            # A larger readahead window: the disk keeps reading ahead while we hash a piece.
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        out, view = _new_bytes(entry.size)
+        pos = 0
+        while pos < entry.size:
+            n = f.readinto(view[pos : pos + _READ_PIECE])
+            if not n:
+                raise _corrupted(entry)  # shorter than the manifest says
+            hasher.update(view[pos : pos + n])
+            pos += n
+        if f.read(1):
+            raise _corrupted(entry)  # longer than the manifest says
+    if hasher.hexdigest() != entry.xxh3_128:
+        raise _corrupted(entry)
+    return out
+
+
 def verified_chunks(blobs: BlobStore, blob_prefix: str, entry: FileEntry) -> Iterator[bytes]:
     """Yield a whole file's bytes, raising ``CheckpointCorrupted`` (naming the file) at the end
     if its size or checksum differ from the manifest. Callers that must not act on bad bytes
@@ -217,12 +309,6 @@ def verified_chunks(blobs: BlobStore, blob_prefix: str, entry: FileEntry) -> Ite
                 break
             yield chunk
     except FileNotFoundError:
-        raise CheckpointCorrupted(
-            f"file {entry.path!r} is missing from storage",
-            hint="the checkpoint's files were removed outside tinkerstore; delete the checkpoint",
-        ) from None
+        raise _missing(entry) from None
     if size != entry.size or hasher.hexdigest() != entry.xxh3_128:
-        raise CheckpointCorrupted(
-            f"file {entry.path!r} is corrupted (size or checksum differs from the manifest)",
-            hint="restore the checkpoint from a backup or delete it",
-        )
+        raise _corrupted(entry)

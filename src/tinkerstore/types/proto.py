@@ -284,18 +284,69 @@ def encode_forward_backward_output(
                 f"loss_fn_outputs[{i}] has fields {sorted(datum)}, "
                 f"datum 0 has {names}; every datum needs the same fields"
             )
+    # Hand-stitched around the payload: every array's bytes are copied exactly once, by the
+    # final join, where building the message would copy them three times (tobytes, the field
+    # assignment, SerializeToString). Small fields still go through the generated classes;
+    # protobuf parsers accept a message's fields in any order and merge repeated occurrences.
+    parts: list[bytes | memoryview] = [
+        pb.ForwardBackwardOutput(loss_fn_output_type=loss_fn_output_type).SerializeToString()
+    ]
     start = 0
     while start < len(datums):
         sig = _signature(datums[start])
         end = start + 1
         while end < len(datums) and _signature(datums[end]) == sig:
             end += 1
-        record = msg.loss_fn_outputs.add(type_tag=loss_fn_output_type, num_datums=end - start)
+        record: list[bytes | memoryview] = [
+            pb.ArrayRecord(type_tag=loss_fn_output_type).SerializeToString()
+        ]
         for name in names:
-            _fill_batched(record.fields[name], [d[name] for d in datums[start:end]])
+            entry = _batched_entry(name, [d[name] for d in datums[start:end]])
+            record += [_len_key(2, _size(entry)), *entry]
+        record.append(pb.ArrayRecord(num_datums=end - start).SerializeToString())
+        parts += [_len_key(2, _size(record)), *record]
         start = end
-    encoded: bytes = msg.SerializeToString()
-    return encoded
+    tail = pb.ForwardBackwardOutput()
+    for key, value in metrics.items():
+        tail.metrics[key] = float(value)
+    parts.append(tail.SerializeToString())
+    return b"".join(parts)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_key(field_number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field (wire type 2)."""
+    return _varint(field_number << 3 | 2) + _varint(size)
+
+
+def _size(parts: Sequence[bytes | memoryview]) -> int:
+    return sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+
+
+def _batched_entry(name: str, arrays: list[npt.NDArray[Any]]) -> list[bytes | memoryview]:
+    """One ``fields`` map entry (key = ``name``, value = a BatchedTensor of ``arrays``), with
+    the arrays' own buffers as the payload (no concatenate, no tobytes)."""
+    offsets = np.zeros(len(arrays) + 1, dtype="<i8")
+    np.cumsum([a.nbytes for a in arrays], out=offsets[1:])  # BYTE offsets, as the SDK reads
+    rest = pb.BatchedTensor(
+        offsets=offsets.tobytes(),
+        dtype=_TO_PROTO["float32" if arrays[0].dtype.kind == "f" else "int64"][0],
+        trailing_shape=arrays[0].shape[1:],
+    ).SerializeToString()
+    payload = [np.ascontiguousarray(a).data.cast("B") for a in arrays if a.size]
+    nbytes = int(offsets[-1])
+    value: list[bytes | memoryview] = [_len_key(1, nbytes), *payload] if nbytes else []
+    value.append(rest)
+    key = name.encode()
+    return [_len_key(1, len(key)), key, _len_key(2, _size(value)), *value]
 
 
 def _output_array(value: npt.ArrayLike | TensorData) -> npt.NDArray[Any]:
@@ -306,15 +357,6 @@ def _output_array(value: npt.ArrayLike | TensorData) -> npt.NDArray[Any]:
 
 def _signature(datum: Mapping[str, npt.NDArray[Any]]) -> list[tuple[str, str, tuple[int, ...]]]:
     return [(name, arr.dtype.str, arr.shape[1:]) for name, arr in sorted(datum.items())]
-
-
-def _fill_batched(bt: Any, arrays: list[npt.NDArray[Any]]) -> None:
-    offsets = np.zeros(len(arrays) + 1, dtype="<i8")
-    np.cumsum([a.nbytes for a in arrays], out=offsets[1:])  # BYTE offsets, as the SDK reads
-    bt.data = np.concatenate([a.reshape(-1) for a in arrays]).tobytes()
-    bt.offsets = offsets.tobytes()
-    bt.dtype = _TO_PROTO["float32" if arrays[0].dtype.kind == "f" else "int64"][0]
-    bt.trailing_shape.extend(arrays[0].shape[1:])
 
 
 def encode_sample_response(

@@ -7,6 +7,14 @@ Rust code formats and parses them: the bytes we write equal the SDK's ``model_du
 construction (same serializer, same float formatting, non-finite floats as ``null``), and no
 encode or decode step loops over elements in Python.
 
+Two optional accelerators skip the Python lists altogether when installed (the ``server`` extra
+has both): ``orjson`` writes a float64/int64 array straight from its buffer with the same
+shortest-round-trip float formatting as serde_json (checked byte-identical on every float32 bit
+pattern class: tests/types/test_tensor.py), and ``simdjson`` parses a numeric list straight
+into a float64/int64 buffer. Anything the fast decoder is unsure of (``null``, booleans,
+strings, nesting, huge integers, duplicate keys) falls back to the exact pydantic path, which
+also produces every error message.
+
 dtype rules (the SDK's): floating → float32, signed integer → int64, bfloat16 widened to
 float32. Everything else (bool, unsigned, complex, strings, objects) is refused with
 :class:`~tinkerstore.errors.InvalidTensor` instead of being cast silently.
@@ -28,6 +36,15 @@ import pydantic_core
 from pydantic_core import PydanticCustomError, core_schema
 
 from tinkerstore.errors import InvalidTensor
+
+try:
+    import orjson
+except ImportError:  # optional: the exact pydantic-core path below is used instead
+    orjson = None  # type: ignore[assignment]
+try:
+    import simdjson
+except ImportError:
+    simdjson = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import torch
@@ -416,9 +433,26 @@ class TensorData:
 
     def to_json_bytes(self, *, exclude_none: bool = False) -> bytes:
         """Byte-for-byte what the SDK's ``TensorData.model_dump_json()`` writes."""
-        return pydantic_core.to_json(
-            self.to_json_dict(exclude_none=exclude_none), inf_nan_mode="null"
-        )
+        if orjson is None:
+            return pydantic_core.to_json(
+                self.to_json_dict(exclude_none=exclude_none), inf_nan_mode="null"
+            )
+        # The SDK formats Python floats (float64): widen first, or orjson would print float32's
+        # own shortest form ("0.1" instead of "0.10000000149011612"). NaN/inf come out as null.
+        wide = np.float64 if self._dtype == "float32" else np.int64
+        with np.errstate(invalid="ignore"):  # signalling NaNs widen quietly
+            data = np.ascontiguousarray(self._values.reshape(-1), dtype=wide)
+        out: dict[str, Any] = {
+            "data": data,
+            "dtype": self._dtype,
+            "shape": list(self._shape) if self._shape is not None else None,
+            "sparse_crow_indices": self._crow,
+            "sparse_col_indices": self._col,
+        }
+        if exclude_none:
+            out = {k: v for k, v in out.items() if v is not None}
+        encoded: bytes = orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+        return encoded
 
     @classmethod
     def from_json_dict(cls, obj: Any) -> TensorData:
@@ -445,6 +479,9 @@ class TensorData:
 
     @classmethod
     def from_json_bytes(cls, raw: bytes | str) -> TensorData:
+        fast = _fast_from_json(raw) if simdjson is not None else None
+        if fast is not None:
+            return fast
         try:
             obj = pydantic_core.from_json(raw)
         except ValueError as exc:
@@ -498,6 +535,53 @@ def _torch_dtype(t: torch.Tensor) -> TensorDtype:
         f"unsupported tensor dtype {dt}: floats become float32, signed integers "
         "int64, anything else is refused",
         _DTYPE_HINT,
+    )
+
+
+def _fast_from_json(raw: bytes | str) -> TensorData | None:
+    """The common case (a flat list of plain numbers) parsed without Python objects per
+    element; ``None`` sends anything else to the exact path, which also words the errors."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        # A parser per call: it is cheap, and one parser's documents must not outlive the
+        # next parse (threads, re-entrancy).
+        doc = simdjson.Parser().parse(data)
+        if not isinstance(doc, simdjson.Object):
+            return None
+        keys = list(doc.keys())
+        dtype = doc.get("dtype")
+        values = doc.get("data")
+        if (
+            len(keys) != len(set(keys))  # duplicates: pydantic keeps the last, simdjson the first
+            or not _JSON_KEYS.issuperset(keys)
+            or dtype not in _NP
+            or not isinstance(values, simdjson.Array)
+        ):
+            return None
+        # as_buffer flattens nested lists; a valid tensor has exactly one '[' per list field.
+        lists = [k for k in keys if isinstance(doc[k], simdjson.Array)]
+        if data.count(b"[") != len(lists):
+            return None
+        arr: npt.NDArray[Any]
+        if dtype == "float32":
+            flat = np.frombuffer(values.as_buffer(of_type="d"), dtype=np.float64)
+            with np.errstate(over="ignore"):  # as the exact path: beyond float32 is inf
+                arr = flat.astype(np.float32)
+        else:  # "i": int64; a float such as 2.0 raises, and the exact path accepts it
+            arr = np.frombuffer(values.as_buffer(of_type="i"), dtype=np.int64).copy()
+        others: dict[str, Any] = {}
+        for k in keys:
+            if k not in ("data", "dtype"):  # shape and CSR indices: short lists or null
+                item = doc[k]
+                others[k] = item.as_list() if isinstance(item, simdjson.Array) else item
+    except (ValueError, TypeError, RuntimeError, KeyError, UnicodeDecodeError):
+        return None  # not valid JSON, floats in an int64 list, ... : the exact path decides
+    return TensorData(
+        arr,
+        cast(TensorDtype, dtype),
+        others.get("shape"),
+        others.get("sparse_crow_indices"),
+        others.get("sparse_col_indices"),
     )
 
 

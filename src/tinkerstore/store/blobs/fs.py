@@ -6,8 +6,13 @@ rename is atomic), and ``commit`` does what a crash-safe publish needs, in this 
     fsync(temp file) -> mkdir parents -> rename(temp, target) -> fsync(parent dirs)
 
 so after ``commit`` returns the blob survives a power cut, and before it nothing is visible
-under the key. A crash leaves at most an orphan in ``tmp/``, which ``cleanup_tmp`` removes at
-start-up. The first key segment ``tmp`` is therefore reserved.
+under the key. A writer opened with ``durable=False`` skips both fsyncs: the caller promises to
+call ``sync_prefix`` on a prefix holding the key before it relies on the blob (a checkpoint save
+writes several blobs under its version's prefix and syncs the prefix once, before its catalog
+commit, instead of paying one journal commit per blob and per directory).
+
+A crash leaves at most an orphan in ``tmp/``, which ``cleanup_tmp`` removes at start-up.
+The first key segment ``tmp`` is therefore reserved.
 
 Every key is checked twice: ``check_key`` refuses dot segments and the like, then the resolved
 path (symlinks followed) must still lie under the resolved root.
@@ -19,7 +24,9 @@ import errno
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,36 @@ __all__ = ["TMP_DIR", "FileBlobStore", "FileBlobWriter"]
 
 TMP_DIR = "tmp"
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Every this many bytes, a writer asks the kernel (from a helper thread, so the writer never
+# waits) to start writing back what it has written so far: the disk then works while we still
+# copy, and the final fsync waits only for the tail. POSIX_FADV_DONTNEED starts asynchronous
+# writeback of the range and evicts only pages already clean, which fresh writes are not.
+WRITEBACK_BYTES = 8 << 20
+_WRITEBACK = hasattr(os, "posix_fadvise")
+_sync_pool: ThreadPoolExecutor | None = None
+_sync_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _sync_pool
+    with _sync_pool_lock:
+        if _sync_pool is None:
+            _sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tinkerstore-sync")
+        return _sync_pool
+
+
+def _fsync_all(paths: list[str]) -> None:
+    """fsync every path, concurrently: the kernel merges the cache flushes and journal commits
+    of fsyncs in flight together, so N of them cost about what the slowest one does."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(os.open(path, os.O_RDONLY))
+        for _ in _pool().map(os.fsync, fds):
+            pass
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -62,13 +99,18 @@ def _storage_full(exc: OSError, root: Path, key: str) -> StorageFull:
 class FileBlobWriter:
     """Streams to a temp file; ``commit`` renames it into place durably."""
 
-    def __init__(self, store: FileBlobStore, key: str, target: Path) -> None:
+    def __init__(
+        self, store: FileBlobStore, key: str, target: Path, *, durable: bool = True
+    ) -> None:
         self._store = store
         self._key = key
         self._target = target
+        self._durable = durable
         self._tmp = store._new_tmp_path()
         self._fd: int | None = None
         self._size = 0
+        self._kicked = 0  # bytes before this offset were handed to writeback
+        self._writeback: list[Future[None]] = []
         self._state = "open"
         try:
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -103,6 +145,21 @@ class FileBlobWriter:
                 self._size += n
         except OSError as exc:
             raise self._fail(exc) from exc
+        if _WRITEBACK and self._size - self._kicked >= WRITEBACK_BYTES:
+            start, length = self._kicked, self._size - self._kicked
+            self._kicked = self._size
+            self._writeback.append(
+                _pool().submit(os.posix_fadvise, self._fd, start, length, os.POSIX_FADV_DONTNEED)
+            )
+
+    def _drain_writeback(self) -> None:
+        """Wait for the writeback requests in flight: they use our descriptor."""
+        pending, self._writeback = self._writeback, []
+        for request in pending:
+            try:
+                request.result()
+            except OSError:
+                pass  # only a hint; fsync reports real I/O errors
 
     def commit(self) -> int:
         self._finish(replace=True)
@@ -113,10 +170,14 @@ class FileBlobWriter:
         if self._state != "open" or self._fd is None:
             raise ValueError(f"commit of a {self._state} blob writer for {self._key!r}")
         try:
-            os.fsync(self._fd)  # data on disk before the name points at it
+            self._drain_writeback()
+            if self._durable:
+                os.fsync(self._fd)  # data on disk before the name points at it
             os.close(self._fd)
             self._fd = None
-            published = self._store._publish(self._tmp, self._target, replace=replace)
+            published = self._store._publish(
+                self._tmp, self._target, replace=replace, durable=self._durable
+            )
         except OSError as exc:
             raise self._fail(exc) from exc
         self._state = "committed"
@@ -126,6 +187,7 @@ class FileBlobWriter:
         if self._state != "open":
             return
         self._state = "aborted"
+        self._drain_writeback()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -167,11 +229,12 @@ class FileBlobStore:
     def _new_tmp_path(self) -> Path:
         return self.root / TMP_DIR / f"{secrets.token_hex(16)}.part"
 
-    def _publish(self, tmp: Path, target: Path, *, replace: bool) -> bool:
+    def _publish(self, tmp: Path, target: Path, *, replace: bool, durable: bool = True) -> bool:
         """Move a fsync'd temp file to ``target``; with ``replace=False`` only if absent.
 
         Returns whether ``target`` now holds ``tmp``'s bytes. Parent directories created on the
-        way are fsync'd into their own parents, so the whole path survives a crash.
+        way are fsync'd into their own parents, so the whole path survives a crash (unless
+        ``durable`` is false: then ``sync_prefix`` does it later).
         """
         created: list[Path] = []
         parent = target.parent
@@ -192,19 +255,39 @@ class FileBlobStore:
                 tmp.unlink(missing_ok=True)
                 return False
             tmp.unlink()
-        for d in {target.parent, *(c.parent for c in created)}:
-            _fsync_dir(d)
+        if durable:
+            for d in {target.parent, *(c.parent for c in created)}:
+                _fsync_dir(d)
         return True
 
     # -- the protocol ------------------------------------------------------------------------
 
-    def writer(self, key: str) -> FileBlobWriter:
-        return FileBlobWriter(self, key, self._path(key))
+    def writer(self, key: str, *, durable: bool = True) -> FileBlobWriter:
+        """A writer for ``key``; ``durable=False``: see the module docstring (``sync_prefix``)."""
+        return FileBlobWriter(self, key, self._path(key), durable=durable)
 
-    def put(self, key: str, data: bytes) -> None:
-        w = self.writer(key)
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        w = self.writer(key, durable=durable)
         w.write(data)
         w.commit()
+
+    def sync_prefix(self, prefix: str) -> None:
+        """Make everything under ``prefix`` durable: every file and directory in it, and every
+        directory on the way up to the root (their entries for what lies below). The fsyncs
+        run concurrently, so a whole checkpoint costs about what its largest file does."""
+        check_prefix(prefix, allow_root=False)
+        base = self._path(prefix[:-1])
+        paths: list[str] = []
+        for dirpath, _, filenames in os.walk(base, followlinks=False):
+            paths.append(dirpath)
+            paths.extend(os.path.join(dirpath, name) for name in filenames)
+        parent = base.parent
+        while parent.is_relative_to(self.root):
+            paths.append(str(parent))
+            if parent == self.root:
+                break
+            parent = parent.parent
+        _fsync_all(paths)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if nothing is there yet; return whether we wrote it."""
