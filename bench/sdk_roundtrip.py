@@ -4,7 +4,7 @@ SDK against ``tinkerstore serve``, vs a store-level save of the same number of b
 Needs the trainer and its training endpoints: when ``POST /api/v1/create_model`` is not served
 the benchmark is recorded as skipped ("not available yet") instead of failing. The base model
 is ``TINKERSTORE_BENCH_BASE_MODEL``, else the first one the server lists in
-``get_server_capabilities``.
+``get_server_capabilities``, else the reference trainer's built-in ``tiny-qwen3``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from bench.servers import tinkerstore_server
 
 __all__ = ["run"]
 
+_DEFAULT_MODEL = "tiny-qwen3"
+
 _SCRIPT = r"""
 import json, sys, time
 import tinker
 base_url, api_key, base_model, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 sc = tinker.ServiceClient(base_url=base_url, api_key=api_key)
-tc = sc.create_lora_training_client(base_model=base_model, rank=8)
+tc = sc.create_lora_training_client(base_model=base_model, rank=8).result()
 out = {"save": [], "load": []}
 path = None
 for i in range(runs + 1):  # the first round is the warm-up
@@ -53,7 +55,8 @@ def _base_model(base_url: str, key: str) -> str:
     resp = httpx.get(f"{base_url}/api/v1/get_server_capabilities", headers={"X-API-Key": key})
     models = resp.json().get("supported_models", []) if resp.status_code == 200 else []
     if not models:
-        raise Skip("the server lists no supported model: set TINKERSTORE_BENCH_BASE_MODEL")
+        # ``tinkerstore serve`` lists none by default; the reference trainer ships this one.
+        return _DEFAULT_MODEL
     first = models[0]
     return str(first.get("model_name", first) if isinstance(first, dict) else first)
 
@@ -66,7 +69,9 @@ def _served(path: str) -> bool:
     app = create_app(
         ServerSettings(), open_store(None, database_url="memory://", blob_url="memory://")
     )
-    return any(getattr(r, "path", None) == path for r in app.routes)
+    # The OpenAPI paths, not ``app.routes``: included routers may sit there as nested route
+    # groups without a ``path`` of their own (newer FastAPI), which read as "not served".
+    return path in app.openapi().get("paths", {})
 
 
 def run(cfg: Config) -> dict[str, Any]:
