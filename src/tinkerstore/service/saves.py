@@ -7,6 +7,8 @@ dies with its process leaves a pending or failed version whose blobs the sweeper
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -87,24 +89,18 @@ class _FileWriter:
             self.abort()
 
 
-class _storage_errors:
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
     """Turn ENOSPC from any blob store into ``StorageFull``; everything else passes through."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if isinstance(exc, OSError) and exc.errno == 28:
-            raise StorageFull(
-                "no space left on the storage device while writing a checkpoint",
-                hint="free space or raise the quota, then save again; "
-                "earlier checkpoints are intact",
-            ) from exc
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise StorageFull(
+            "no space left on the storage device while writing a checkpoint",
+            hint="free space or raise the quota, then save again; earlier checkpoints are intact",
+        ) from exc
 
 
 class PendingSave:
